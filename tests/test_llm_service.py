@@ -12,11 +12,11 @@ pytestmark = pytest.mark.stack
 
 
 def test_chat_answer(stack):
+    # no sampling options: the embedded model's own defaults must give a right answer
     r = stack.openai().chat.completions.create(
         model="anything",  # one model per service: the name maps to it
         messages=[{"role": "user", "content": "What is the capital of France?"}],
         max_tokens=24,
-        temperature=0,
     )
     text = r.choices[0].message.content
     assert "paris" in text.lower(), text
