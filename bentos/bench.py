@@ -60,12 +60,17 @@ def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_
     key = settings.api_key.get_secret_value() if settings.api_key else ""
     log_dir = Path(tempfile.mkdtemp(prefix="ragserve-bench-"))
     results: dict = {"model": model, "max_tokens": max_tokens, "requests": n_requests, "targets": {}}
-    targets = {"vllm": lambda: plain_vllm(settings, model), "bento": lambda: bento(settings, log_dir)}
-    for name, start in targets.items():
-        if cold:  # a fresh compile cache: what a first start on a new machine pays
-            os.environ["VLLM_CACHE_ROOT"] = tempfile.mkdtemp(prefix=f"vllm-cold-{name}-")
+    for name in ("vllm", "bento"):
+        run_settings = settings
+        if cold:
+            # Empty vLLM and TorchInductor caches (inductor's sits in the engine's TMPDIR under
+            # the cache dir): what a first start on a new machine pays. The model folder is reused.
+            fresh = Path(tempfile.mkdtemp(prefix=f"ragserve-cold-{name}-"))
+            run_settings = settings.model_copy(update={"cache_dir": fresh, "model": model})
+            os.environ.update({"VLLM_CACHE_ROOT": str(fresh / "vllm"), "RAGSERVE_CACHE_DIR": str(fresh), "RAGSERVE_MODEL": model})
         print(f"starting {name} ...", flush=True)
-        with start() as (url, ready_s):
+        start = plain_vllm(run_settings, model) if name == "vllm" else bento(run_settings, log_dir)
+        with start as (url, ready_s):
             entry = {"ready_s": round(ready_s, 1), "levels": {}}
             asyncio.run(run_load(url + "/v1", key, settings.model_name, 1, 2, 8, timeout_s=120))  # warm-up
             for c in tqdm(levels, desc=name, unit="level"):

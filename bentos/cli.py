@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -15,11 +16,11 @@ for _var in ("HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS", "NEMO_GUARDRAILS_NO_USAGE_
     os.environ.setdefault(_var, "1")
 
 
-def load_settings() -> Settings:
+def load_settings(**overrides) -> Settings:
     from pydantic import ValidationError
 
     try:
-        return Settings()
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:
         raise click.UsageError(f"bad RAGSERVE_* setting:\n{e}") from None
 
@@ -54,6 +55,88 @@ def model_prepare() -> None:
         click.echo(resolve_model(load_settings()))
     except ModelError as e:
         raise click.ClickException(str(e)) from None
+
+
+def store_and_embedder(settings: Settings):
+    from .retrieval.embedder import get_embedder
+    from .retrieval.index import IndexStore
+
+    return IndexStore(settings.db), get_embedder(settings.embed_model, settings.embed_threads)
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--db", help="LanceDB folder (default RAGSERVE_DB, ./data/lancedb).")
+@click.option("--rollback", is_flag=True, help="Publish the previous published version again instead of indexing.")
+@click.option("--skip-unreadable", is_flag=True, help="Index what can be read and list the rest, instead of stopping.")
+def index(path: Path | None, db: str | None, rollback: bool, skip_unreadable: bool) -> None:
+    """Index PATH (a folder of Markdown, text, HTML, PDF and JSONL files, or one file) and publish it.
+
+    Only documents whose content changed are embedded again; removed documents disappear. The new
+    version is published in one step: running servers switch to it within RAGSERVE_INDEX_REFRESH_S,
+    and a run that fails or is killed leaves the published version serving.
+    """
+    from tqdm import tqdm
+
+    from .retrieval.documents import SourceError, read_documents
+    from .retrieval.index import ChunkingConfig, IndexStoreError
+
+    settings = load_settings(db=db)
+    if rollback == (path is not None):
+        raise click.UsageError("give either PATH to index or --rollback")
+    store, embedder = None, None
+    try:
+        if rollback:
+            from .retrieval.index import IndexStore
+
+            version = IndexStore(settings.db).rollback()
+            click.echo(f"published version {version} again in {settings.db}")
+            return
+        docs, skipped = read_documents(path, skip_unreadable)
+        store, embedder = store_and_embedder(settings)
+        bars: dict[str, tqdm] = {}
+
+        def on_step(step: str, done: int, total: int) -> None:
+            bar = bars.get(step) or bars.setdefault(step, tqdm(total=total, desc=step, unit="chunk" if step in ("embed", "write") else "step", leave=False))
+            bar.n = done
+            bar.refresh()
+
+        chunking = ChunkingConfig(settings.chunk_max_words, settings.chunk_overlap_words)
+        summary = store.reindex(docs, embedder, chunking, settings.ann_min_rows, on_step)
+        for bar in bars.values():
+            bar.close()
+    except (SourceError, IndexStoreError) as e:
+        raise click.ClickException(str(e)) from None
+    for problem in skipped:
+        click.echo(f"skipped: {problem}", err=True)
+    click.echo(
+        f"documents: {summary.docs_added} added, {summary.docs_updated} updated, {summary.docs_removed} removed, "
+        f"{summary.docs_unchanged} unchanged\n"
+        f"chunks: {summary.chunks_added} added, {summary.chunks_removed} removed, {summary.chunks_total} in the index\n"
+        f"published version {summary.version} in {settings.db} ({summary.seconds:.1f} s, embedding {summary.embed_seconds:.1f} s)"
+    )
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", default=5, show_default=True, help="How many chunks to show.")
+@click.option("--db", help="LanceDB folder (default RAGSERVE_DB, ./data/lancedb).")
+def search(query: str, k: int, db: str | None) -> None:
+    """Show the chunks the gateway would retrieve for QUERY from the published index."""
+    from .retrieval.retriever import Retriever
+
+    settings = load_settings(db=db)
+    if not query.strip():
+        raise click.BadParameter("the query is empty", param_hint="QUERY")
+    if not 1 <= k <= settings.max_k:
+        raise click.BadParameter(f"k must be between 1 and {settings.max_k}", param_hint="-k")
+    r = Retriever(settings).retrieve(query, k)
+    if r.version is None:
+        raise click.ClickException(f"nothing is published in {settings.db}: run `ragserve index PATH` first")
+    click.echo(f"index version {r.version}; embed {r.embed_ms:.1f} ms, search {r.search_ms:.1f} ms")
+    for i, h in enumerate(r.hits, 1):
+        mark = "" if r.relevant and h in r.relevant else "  (below relevance)"
+        click.echo(f"[{i}] {h.score:.3f} {h.source} {h.chunk_id}{mark}\n    {h.text[:200]!r}")
 
 
 @main.group()

@@ -32,6 +32,9 @@ def wait_ready(launched: Launched, probe: str, timeout_s: float) -> Launched:
     while time.monotonic() - started < timeout_s:
         if launched.proc.poll() is not None:
             raise RuntimeError(f"server exited with {launched.proc.returncode}:\n{launched.log_tail()}")
+        if "Application startup failed" in launched.log_path.read_text(errors="replace"):
+            stop(launched)  # BentoML would respawn the failing worker forever
+            raise RuntimeError(f"a service failed to start:\n{launched.log_tail(80)}")
         try:
             if httpx.get(launched.url + probe, timeout=5).status_code == 200:
                 launched.ready_s = time.monotonic() - started

@@ -6,73 +6,33 @@ shape; everything the engine itself answers (including its own 4xx) is passed th
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from .engine import Engine
 from .http_common import APIError, BearerAuth, install_error_handlers, parse_body, read_json
+from .relay import Relay
 from .schemas import ChatCompletionRequest
 from .settings import Settings
 
-_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+def engine_relay(engine: Engine, settings: Settings) -> Relay:
+    """A relay to the engine that answers a clear 503 while it starts or after it died."""
 
-
-class EngineClient:
-    """HTTP client for the engine, with the checks that turn its absence into a clear 503."""
-
-    def __init__(self, engine: Engine, settings: Settings):
-        self.engine = engine
-        self.http = httpx.AsyncClient(
-            base_url=engine.base_url,
-            timeout=httpx.Timeout(settings.request_timeout_s, connect=5),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
-
-    def require_ready(self) -> None:
-        if not self.engine.running:
+    def ready_check() -> None:
+        if not engine.running:
             raise APIError(503, "the model engine is not running; it is being restarted, retry shortly", "engine_down", {"Retry-After": "10"})
-        if not self.engine.generated_once:
+        if not engine.generated_once:
             raise APIError(503, "the model engine is still starting; retry when /readyz answers 200", "engine_starting", {"Retry-After": "5"})
 
-    async def forward(self, method: str, path: str, payload: Any | None = None) -> Response:
-        self.require_ready()
-        try:
-            r = await self.http.request(method, path, json=payload)
-        except httpx.TimeoutException:
-            raise APIError(504, "the model engine did not answer in time (RAGSERVE_REQUEST_TIMEOUT_S)", "engine_timeout") from None
-        except httpx.HTTPError as e:
-            raise APIError(503, f"the model engine is unreachable ({type(e).__name__}); retry shortly", "engine_unreachable", {"Retry-After": "5"}) from None
-        headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_HEADERS}
-        return Response(r.content, status_code=r.status_code, headers=headers)
-
-    async def stream(self, path: str, payload: Any) -> Response:
-        """Relay server-sent events as they come. Closing the upstream response when our client
-        goes away makes vLLM abort the generation instead of finishing it for nobody."""
-        self.require_ready()
-        request = self.http.build_request("POST", path, json=payload)
-        try:
-            upstream = await self.http.send(request, stream=True)
-        except httpx.HTTPError as e:
-            raise APIError(503, f"the model engine is unreachable ({type(e).__name__}); retry shortly", "engine_unreachable", {"Retry-After": "5"}) from None
-        if upstream.status_code != 200:
-            body = await upstream.aread()
-            await upstream.aclose()
-            return Response(body, status_code=upstream.status_code, media_type=upstream.headers.get("content-type"))
-
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-            finally:
-                await upstream.aclose()
-
-        return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
+    http = httpx.AsyncClient(
+        base_url=engine.base_url,
+        timeout=httpx.Timeout(settings.request_timeout_s, connect=5),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+    )
+    return Relay(http, "the model engine", ready_check)
 
 
 def prepare_chat(req: ChatCompletionRequest, settings: Settings) -> dict[str, Any]:
@@ -95,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(BearerAuth, api_key=key)
 
-    def engine(request: Request) -> EngineClient:
+    def engine(request: Request) -> Relay:
         client = getattr(request.app.state, "engine", None)
         if client is None:
             raise APIError(503, "the service is still starting; retry when /readyz answers 200", "starting", {"Retry-After": "5"})

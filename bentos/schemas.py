@@ -47,3 +47,31 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class RetrieveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=8192)
+    k: int = Field(4, ge=1)
+
+
+class Citation(BaseModel):
+    source: str
+    chunk_id: str
+    score: float
+
+
+class RetrievedChunk(Citation):
+    doc_id: str
+    title: str
+    text: str
+    similarity: float
+
+
+class RetrieveResponse(BaseModel):
+    query: str
+    k: int
+    index_version: int | None
+    chunks: list[RetrievedChunk]
+    timing_ms: dict[str, float]

@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
     request_timeout_s: float = Field(300, gt=0)
 
+    # --- retrieval ----------------------------------------------------------------------
+    db: str = Field("./data/lancedb", description="LanceDB folder (a local path or a Modal Volume mount).")
+    embed_model: str = Field("embedded", description="'embedded' (all-MiniLM-L6-v2 from a package) or a sentence-transformers model.")
+    embed_threads: int = Field(1, ge=1, description="Torch threads for embedding (1 is fastest on a shared 2-core box).")
+    retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put into the prompt.")
+    max_k: int = Field(50, ge=1, description="Largest k /v1/retrieve accepts.")
+    search_candidates: int = Field(50, ge=1, description="Candidates taken from each of vector and full-text search.")
+    fts_weight: float = Field(1.0, ge=0, description="Weight of normalised BM25 against cosine similarity in fusion.")
+    min_similarity: float = Field(0.25, ge=-1, le=1, description="Below this best cosine similarity, and with no full-text match, nothing counts as relevant.")
+    chunk_max_words: int = Field(200, ge=20)
+    chunk_overlap_words: int = Field(30, ge=0)
+    ann_min_rows: int = Field(50_000, ge=1, description="Build an ANN vector index once the table has this many chunks.")
+    index_refresh_s: float = Field(1.0, gt=0, description="How often a server checks for a newly published index.")
+
     # --- paths --------------------------------------------------------------------------
     cache_dir: Path = Field(default_factory=default_cache_dir)
 

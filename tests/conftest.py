@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ class ServedStack:
     url: str
     api_key: str
     launched: object
+    db: Path
 
     def openai(self, **kw):
         import openai
@@ -36,17 +38,32 @@ class ServedStack:
         return openai.OpenAI(base_url=f"{self.url}/v1", timeout=120, **kw)
 
 
+CORPUS = Path(__file__).parent / "corpus"
+
+
+def build_index(db: Path, source: Path = CORPUS):
+    """Index ``source`` into ``db`` with the real embedder, as `ragserve index` does."""
+    from bentos.retrieval.documents import read_documents
+    from bentos.retrieval.embedder import get_embedder
+    from bentos.retrieval.index import IndexStore
+
+    docs, _ = read_documents(source)
+    return IndexStore(db).reindex(docs, get_embedder())
+
+
 def start_stack(tmp_path, env_extra: dict[str, str] | None = None) -> ServedStack:
     from bentos import launch
     from bentos.engine import free_port
 
+    db = tmp_path / "lancedb"
+    build_index(db)
     port = free_port()
     api_key = "test-key-" + os.urandom(6).hex()
-    env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_API_KEY": api_key, **(env_extra or {})}
+    env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_API_KEY": api_key, "RAGSERVE_DB": str(db), **(env_extra or {})}
     env.pop("PORT", None)
     launched = launch.start_bento(port, env, tmp_path / f"stack-{port}.log", START_TIMEOUT_S)
     print(f"\nstack ready on {launched.url} after {launched.ready_s:.1f} s (log: {launched.log_path})")
-    return ServedStack(launched.url, api_key, launched)
+    return ServedStack(launched.url, api_key, launched, db)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def test_bentoml_build(tmp_path):
     tag = r.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     assert tag.startswith("ragserve:"), r.stdout
     bento_dir = tmp_path / "bentos" / "ragserve" / tag.split(":", 1)[1]
-    assert (bento_dir / "src" / "bentos" / "service.py").is_file()
+    assert (bento_dir / "src" / "bentos" / "gateway.py").is_file()
     assert not (bento_dir / "src" / "tests").exists()
 
 

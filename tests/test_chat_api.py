@@ -1,4 +1,5 @@
-"""The model service over real HTTP, with the official openai client, against the real engine."""
+"""The OpenAI-compatible chat API over real HTTP with the official openai client: the gateway in
+front of the model service and the real engine, as `make serve` runs them."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def test_bad_request_is_400(stack, body, needle):
 
 
 def test_prompt_longer_than_context_is_400(stack):
-    words = "lorem ipsum " * 3000  # far beyond the 2048-token context
+    words = "Tell me about the capital of France. " * 600  # relevant, and far beyond the 2048-token context
     r = post_raw(stack, json.dumps({"messages": [{"role": "user", "content": words}], "max_tokens": 8}))
     err = assert_openai_error(r, 400)
     assert "context" in err["message"].lower() or "length" in err["message"].lower()

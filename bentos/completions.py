@@ -1,0 +1,31 @@
+"""Chat completions the gateway answers itself (nothing found, and later guardrail refusals),
+in exactly the shapes the model would have used, streamed or not."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Iterator
+
+from .relay import sse
+
+
+def completion(model: str, content: str, finish_reason: str = "stop", **extra: Any) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason, "logprobs": None}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        **extra,
+    }
+
+
+def completion_chunks(model: str, content: str, finish_reason: str = "stop", **extra: Any) -> Iterator[bytes]:
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+    yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], **extra})
+    yield sse({**base, "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]})
+    yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
+    yield sse({**base, "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
+    yield sse("[DONE]")

@@ -1,0 +1,58 @@
+"""The model service: the real vLLM engine behind an OpenAI-compatible API, as a BentoML service.
+
+The gateway (bentos/gateway.py) depends on it; `bentoml serve bentos.llm_service:LLM` serves it
+alone. BentoML provides /livez, /readyz and /metrics; the hooks below tie them to the engine:
+ready only once the engine has generated a token, vLLM's Prometheus metrics appended to BentoML's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import bentoml
+import httpx
+
+from .engine import Engine
+from .llm_api import create_app, engine_relay
+from .model_store import resolve_model
+from .service_common import check_worker_socket, http_config, only_engine_metrics, requested_host
+from .settings import get_settings
+
+log = logging.getLogger("ragserve.llm")
+settings = get_settings()
+# At import, so `bentoml serve` stops at once (a worker failing later is respawned forever).
+settings.check_bind(requested_host(settings))
+openai_app = create_app(settings)
+
+
+@bentoml.service(
+    name="ragserve-llm",
+    http=http_config(settings),
+    traffic={"timeout": int(settings.request_timeout_s)},
+    workers=1,  # one engine per replica; the engine batches concurrent requests itself
+)
+@bentoml.asgi_app(openai_app, path="/v1")
+class LLM:
+    def __init__(self) -> None:
+        check_worker_socket(settings)
+        self.engine = Engine(settings, resolve_model(settings))
+        self.engine.start()
+        self.client = engine_relay(self.engine, settings)
+        self.probe = httpx.AsyncClient()
+        openai_app.state.engine = self.client
+
+    async def __is_ready__(self) -> bool:
+        return await self.engine.is_ready(self.probe)
+
+    async def __metrics__(self, content: str) -> str:
+        try:
+            r = await self.probe.get(f"{self.engine.base_url}/metrics", timeout=5)
+            return content + only_engine_metrics(r.text)
+        except httpx.HTTPError:
+            return content  # engine down or starting: /readyz says so; metrics still answer
+
+    @bentoml.on_shutdown
+    async def shutdown(self) -> None:
+        self.engine.stop()
+        await self.client.http.aclose()
+        await self.probe.aclose()

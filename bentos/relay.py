@@ -1,0 +1,98 @@
+"""Relaying OpenAI-style HTTP to the next hop (vLLM for the model service, the model service for
+the gateway), turning its absence into a clear 503 and passing streams through as they come."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Callable
+
+import httpx
+from fastapi.responses import Response, StreamingResponse
+
+from .http_common import APIError
+
+_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def unreachable(e: Exception, what: str) -> APIError:
+    if isinstance(e, httpx.TimeoutException):
+        return APIError(504, f"{what} did not answer in time (RAGSERVE_REQUEST_TIMEOUT_S)", "upstream_timeout")
+    return APIError(503, f"{what} is unreachable ({type(e).__name__}); retry shortly", "upstream_unreachable", {"Retry-After": "5"})
+
+
+class Relay:
+    def __init__(self, http: httpx.AsyncClient, what: str, ready_check: Callable[[], None] | None = None, headers: dict[str, str] | None = None):
+        self.http, self.what = http, what
+        self.ready_check = ready_check or (lambda: None)
+        self.headers = headers or {}
+
+    async def request(self, method: str, path: str, payload: Any | None = None) -> httpx.Response:
+        self.ready_check()
+        try:
+            return await self.http.request(method, path, json=payload, headers=self.headers)
+        except httpx.HTTPError as e:
+            raise unreachable(e, self.what) from None
+
+    async def forward(self, method: str, path: str, payload: Any | None = None) -> Response:
+        r = await self.request(method, path, payload)
+        headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_HEADERS}
+        return Response(r.content, status_code=r.status_code, headers=headers)
+
+    async def open_stream(self, path: str, payload: Any) -> httpx.Response:
+        """The upstream streaming response; a non-200 answer is read and raised as-is."""
+        self.ready_check()
+        try:
+            upstream = await self.http.send(self.http.build_request("POST", path, json=payload, headers=self.headers), stream=True)
+        except httpx.HTTPError as e:
+            raise unreachable(e, self.what) from None
+        if upstream.status_code != 200:
+            body = await upstream.aread()
+            await upstream.aclose()
+            raise UpstreamError(upstream.status_code, body, upstream.headers.get("content-type"))
+        return upstream
+
+    async def stream(self, path: str, payload: Any) -> Response:
+        """Server-sent events relayed chunk by chunk. Closing the upstream response when our client
+        goes away makes the next hop (and finally vLLM) abort the generation."""
+        try:
+            upstream = await self.open_stream(path, payload)
+        except UpstreamError as e:
+            return e.response()
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            finally:
+                await upstream.aclose()
+
+        return StreamingResponse(relay(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+class UpstreamError(Exception):
+    """The next hop answered with an error: passed on with its own status and body."""
+
+    def __init__(self, status: int, body: bytes, content_type: str | None):
+        super().__init__(status)
+        self.status, self.body, self.content_type = status, body, content_type
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status, media_type=self.content_type or "application/json")
+
+
+async def sse_events(upstream: httpx.Response) -> AsyncIterator[dict | str]:
+    """Parsed ``data:`` payloads of a server-sent event stream: dicts, or the string ``[DONE]``."""
+    buffer = ""
+    async for text in upstream.aiter_text():
+        buffer += text
+        while "\n\n" in buffer:
+            event, buffer = buffer.split("\n\n", 1)
+            for line in event.splitlines():
+                if line.startswith("data:"):
+                    data = line[5:].strip()
+                    yield data if data == "[DONE]" else json.loads(data)
+
+
+def sse(data: dict | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()

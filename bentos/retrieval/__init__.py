@@ -1,0 +1,1 @@
+"""Retrieval: reading and chunking documents, embedding them, and a versioned LanceDB index."""

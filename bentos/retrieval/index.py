@@ -1,0 +1,304 @@
+"""The document index: one LanceDB table whose *published* version is what readers see.
+
+Writers (``ragserve index``, the scheduled Modal job) work on the table's latest version and then
+move the ``published`` tag to it in one step; readers only ever check out the tagged version. So a
+reader sees the old corpus or the new one, never a mix, and a re-index that fails or is killed
+half-way leaves ``published`` where it was (the next run first restores the table to it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import lancedb
+from lancedb.index import FTS
+import pyarrow as pa
+
+from .documents import Chunk, Document, chunk_document
+from .embedder import Embedder
+
+log = logging.getLogger(__name__)
+
+TABLE = "chunks"
+PUBLISHED = "published"
+PUBLICATION_PREFIX = "pub-"
+WRITE_BATCH = 2000
+
+
+class IndexStoreError(RuntimeError):
+    """The index cannot do what was asked; the message says what to do instead."""
+
+
+@dataclass
+class ChunkingConfig:
+    max_words: int = 200
+    overlap_words: int = 30
+
+    def salt(self, embedder_name: str) -> str:
+        return f"chunks:{self.max_words}/{self.overlap_words};embedder:{embedder_name}"
+
+
+@dataclass
+class ReindexSummary:
+    docs_added: int = 0
+    docs_updated: int = 0
+    docs_removed: int = 0
+    docs_unchanged: int = 0
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    chunks_total: int = 0
+    version: int | None = None
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    skipped_sources: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.docs_added or self.docs_updated or self.docs_removed)
+
+
+def schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("chunk_id", pa.string()),
+        pa.field("doc_id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("search_text", pa.string()),  # title + text: what full-text search matches
+        pa.field("doc_hash", pa.string()),
+        pa.field("metadata", pa.string()),
+        pa.field("vector", pa.list_(pa.float32(), dim)),
+    ])
+
+
+def search_text(chunk: Chunk) -> str:
+    return f"{chunk.title}\n\n{chunk.text}" if chunk.title else chunk.text
+
+
+def sql_in(column: str, values: list[str]) -> str:
+    quoted = ",".join("'" + v.replace("'", "''") + "'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+class IndexStore:
+    """Writer and publication manager over one LanceDB folder (a local path or a Modal Volume)."""
+
+    def __init__(self, db_path: str | Path):
+        self.path = Path(db_path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.db = lancedb.connect(str(self.path))
+
+    # --- reading publication state -------------------------------------------------------
+    def table(self):
+        return self.db.open_table(TABLE) if TABLE in self.db.list_tables().tables else None
+
+    def published_version(self) -> int | None:
+        t = self.table()
+        if t is None:
+            return None
+        try:
+            return t.tags.get_version(PUBLISHED)
+        except Exception:
+            return None
+
+    def publications(self) -> list[tuple[int, int]]:
+        """(sequence number, table version) of every publication still on record, oldest first."""
+        t = self.table()
+        if t is None:
+            return []
+        pubs = [(int(name[len(PUBLICATION_PREFIX):]), tag["version"]) for name, tag in t.tags.list().items() if name.startswith(PUBLICATION_PREFIX)]
+        return sorted(pubs)
+
+    # --- writing ---------------------------------------------------------------------------
+    @contextmanager
+    def writer_lock(self) -> Iterator[None]:
+        """One writer at a time on this folder (LanceDB's own commit conflicts are the users'
+        most common re-index failure); a second writer gets a clear error, not a conflict."""
+        with open(self.path / ".ragserve-writer.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise IndexStoreError(f"another re-index holds {self.path} (pid {f.read().strip() or '?'}); wait for it to finish") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            yield
+
+    def _start_from_published(self):
+        """The table as last published: leftovers of a failed or killed run are discarded."""
+        t = self.table()
+        if t is None:
+            return None
+        published = self.published_version()
+        if published is None:  # never published: nothing anyone reads, start over
+            self.db.drop_table(TABLE)
+            return None
+        if t.version != published:
+            log.info("discarding unpublished versions %d..%d (a failed or rolled-back run)", published + 1, t.version)
+            t.checkout(published)
+            t.restore()
+        return t
+
+    def reindex(
+        self,
+        docs: list[Document],
+        embedder: Embedder,
+        chunking: ChunkingConfig = ChunkingConfig(),
+        ann_min_rows: int = 50_000,
+        on_step: Callable[[str, int, int], None] | None = None,
+    ) -> ReindexSummary:
+        """Bring the index to exactly ``docs``, embedding only what changed, then publish."""
+        step = on_step or (lambda *_: None)
+        if not docs:
+            raise IndexStoreError("no documents to index: the source is empty; the published index is unchanged")
+        t0 = time.perf_counter()
+        summary = ReindexSummary()
+        salt = chunking.salt(embedder.name)
+        with self.writer_lock():
+            table = self._start_from_published()
+            existing = self._doc_hashes(table)
+            wanted = {d.doc_id: (d, d.content_hash(salt)) for d in docs}
+            stale = [doc_id for doc_id, h in existing.items() if wanted.get(doc_id, (None, None))[1] != h]
+            fresh = [d for doc_id, (d, h) in wanted.items() if existing.get(doc_id) != h]
+            summary.docs_removed = sum(1 for d in existing if d not in wanted)
+            summary.docs_updated = len(stale) - summary.docs_removed
+            summary.docs_added = len(fresh) - summary.docs_updated
+            summary.docs_unchanged = len(wanted) - len(fresh)
+            if table is not None and not stale and not fresh:
+                summary.version = self.published_version()
+                summary.chunks_total = table.count_rows()
+                summary.seconds = time.perf_counter() - t0
+                return summary
+
+            chunks = [c for d in fresh for c in chunk_document(d, chunking.max_words, chunking.overlap_words)]
+            hashes = {doc_id: h for doc_id, (_, h) in wanted.items()}
+            t_embed = time.perf_counter()
+            rows = []
+            for start in range(0, len(chunks), 256):
+                batch = chunks[start : start + 256]
+                vectors = embedder.embed([search_text(c) for c in batch])
+                rows += [self._row(c, v, hashes[c.doc_id]) for c, v in zip(batch, vectors)]
+                step("embed", min(start + 256, len(chunks)), len(chunks))
+            summary.embed_seconds = time.perf_counter() - t_embed
+
+            if table is None:
+                table = self.db.create_table(TABLE, schema=schema(embedder.dim))
+            if stale:
+                before = table.count_rows()
+                for start in range(0, len(stale), 500):
+                    table.delete(sql_in("doc_id", stale[start : start + 500]))
+                summary.chunks_removed = before - table.count_rows()
+            step("delete", 1, 1)
+            for start in range(0, len(rows), WRITE_BATCH):
+                table.add(pa.Table.from_pylist(rows[start : start + WRITE_BATCH], schema=schema(embedder.dim)))
+                step("write", min(start + WRITE_BATCH, len(rows)), len(rows))
+            summary.chunks_added = len(rows)
+            self._update_indexes(table, ann_min_rows)
+            step("index", 1, 1)
+            summary.version = self._publish(table)
+            summary.chunks_total = table.count_rows()
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+    @staticmethod
+    def _row(chunk: Chunk, vector, doc_hash: str) -> dict:
+        return {
+            "chunk_id": chunk.chunk_id, "doc_id": chunk.doc_id, "source": chunk.source, "title": chunk.title,
+            "text": chunk.text, "search_text": search_text(chunk), "doc_hash": doc_hash,
+            "metadata": json.dumps(chunk.metadata, sort_keys=True), "vector": vector.tolist(),
+        }
+
+    @staticmethod
+    def _doc_hashes(table) -> dict[str, str]:
+        if table is None:
+            return {}
+        data = table.to_arrow().select(["doc_id", "doc_hash"]).to_pylist() if table.count_rows() else []
+        return {r["doc_id"]: r["doc_hash"] for r in data}
+
+    @staticmethod
+    def _update_indexes(table, ann_min_rows: int) -> None:
+        """Full-text search covers new rows only after the index is rebuilt or optimized."""
+        names = {idx.columns[0]: idx for idx in table.list_indices()}
+        if "search_text" not in names:
+            table.create_index("search_text", config=FTS(), replace=True)
+        if "vector" not in names and table.count_rows() >= ann_min_rows:
+            # Flat search is exact and fast below ~50k rows; above, an ANN index keeps p95 low.
+            table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ")
+        table.optimize()  # compacts, and folds rows added since into the existing indexes
+
+    def _publish(self, table) -> int:
+        version = table.version
+        pubs = self.publications()
+        seq = (pubs[-1][0] + 1) if pubs else 1
+        table.tags.create(f"{PUBLICATION_PREFIX}{seq:06d}", version)
+        if self.published_version() is None:
+            table.tags.create(PUBLISHED, version)
+        else:
+            table.tags.update(PUBLISHED, version)  # the one step readers see
+        log.info("published version %d (publication %d)", version, seq)
+        return version
+
+    def rollback(self) -> int:
+        """Publish the previous publication again; the rolled-back one is forgotten."""
+        with self.writer_lock():
+            pubs = self.publications()
+            current = self.published_version()
+            earlier = [(seq, v) for seq, v in pubs if v != current]
+            if current is None or not earlier:
+                raise IndexStoreError("nothing to roll back to: there is no earlier published version")
+            table = self.table()
+            seq, version = earlier[-1]
+            table.tags.update(PUBLISHED, version)
+            for s, v in pubs:
+                if s > seq:
+                    table.tags.delete(f"{PUBLICATION_PREFIX}{s:06d}")
+            return version
+
+
+class IndexReader:
+    """Searches the published version and follows new publications without a restart."""
+
+    def __init__(self, db_path: str | Path, refresh_s: float = 1.0):
+        self.path = Path(db_path)
+        self.refresh_s = refresh_s
+        self._table = None
+        self.version: int | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def current(self):
+        now = time.monotonic()
+        if now - self._checked >= self.refresh_s:
+            with self._lock:
+                if now - self._checked >= self.refresh_s:
+                    self._follow()
+                    self._checked = now
+        return self._table
+
+    def _follow(self) -> None:
+        try:
+            db = lancedb.connect(str(self.path))
+            if TABLE not in db.list_tables().tables:
+                self._table, self.version = None, None
+                return
+            table = db.open_table(TABLE)
+            version = table.tags.get_version(PUBLISHED)
+        except Exception as e:  # a missing tag or folder means nothing published yet
+            log.debug("no published index at %s: %s", self.path, e)
+            self._table, self.version = None, None
+            return
+        if version != self.version:
+            table.checkout(version)
+            self._table, self.version = table, version  # swapped in one assignment: no mixed reads
+            log.info("following published index version %d", version)

@@ -1,0 +1,44 @@
+"""Query-time retrieval: embed the query, search the published index, judge relevance."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..settings import Settings
+from .embedder import get_embedder
+from .index import IndexReader
+from .search import Hit, SearchConfig, hybrid_search
+
+
+@dataclass
+class Retrieval:
+    hits: list[Hit]
+    version: int | None
+    embed_ms: float
+    search_ms: float
+    relevant: list[Hit] = field(default_factory=list)
+
+
+class Retriever:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.embedder = get_embedder(settings.embed_model, settings.embed_threads)
+        self.reader = IndexReader(settings.db, refresh_s=settings.index_refresh_s)
+        self.cfg = SearchConfig(candidates=settings.search_candidates, fts_weight=settings.fts_weight)
+
+    def is_relevant(self, hit: Hit) -> bool:
+        """A chunk counts when it shares words with the query or is close in meaning; below both,
+        the answer says nothing was found instead of letting the model invent one."""
+        return hit.keyword_match or hit.similarity >= self.settings.min_similarity
+
+    def retrieve(self, query: str, k: int) -> Retrieval:
+        table = self.reader.current()
+        if table is None:
+            return Retrieval([], None, 0.0, 0.0)
+        t0 = time.perf_counter()
+        vector = self.embedder.embed([query])[0]
+        t1 = time.perf_counter()
+        hits = hybrid_search(table, vector, query, k, self.cfg)
+        t2 = time.perf_counter()
+        return Retrieval(hits, self.reader.version, (t1 - t0) * 1000, (t2 - t1) * 1000, [h for h in hits if self.is_relevant(h)])

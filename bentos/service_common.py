@@ -1,0 +1,58 @@
+"""What the BentoML services share: where they listen, the open-bind refusal, engine metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+
+from .settings import Settings
+
+
+def http_config(settings: Settings) -> dict:
+    config: dict = {"port": settings.port}
+    try:
+        config["host"] = str(ipaddress.ip_address(settings.host))
+    except ValueError:
+        pass  # a name such as "localhost": leave BentoML's --host to decide
+    return config
+
+
+def requested_host(settings: Settings) -> str:
+    """The address `bentoml serve` was asked to bind: --host, then BENTOML_HOST, then our setting."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["serve"]:
+        for i, arg in enumerate(argv):
+            if arg == "--host" and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith("--host="):
+                return arg.split("=", 1)[1]
+    return os.environ.get("BENTOML_HOST") or settings.host
+
+
+def listening_host() -> str | None:
+    """The address of the socket BentoML handed this worker (``--fd N``), whatever flag chose it."""
+    if "--fd" not in sys.argv:
+        return None
+    fd = int(sys.argv[sys.argv.index("--fd") + 1])
+    with socket.socket(fileno=socket.dup(fd)) as s:
+        name = s.getsockname()
+    return name[0] if isinstance(name, tuple) else None  # None: a Unix socket
+
+
+def check_worker_socket(settings: Settings) -> None:
+    """Run in each worker: the import-time check cannot see every way an address is chosen."""
+    host = listening_host()
+    if host is not None:
+        settings.check_bind(host)
+
+
+def only_engine_metrics(text: str) -> str:
+    """vLLM's metric families (``vllm:*``); its process/GC ones would clash with BentoML's."""
+    keep = []
+    for line in text.splitlines():
+        name = line.split(" ", 3)[2] if line.startswith("# ") and line.count(" ") >= 2 else line
+        if name.startswith("vllm:"):
+            keep.append(line)
+    return "\n".join(keep) + ("\n" if keep else "")

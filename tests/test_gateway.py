@@ -1,0 +1,103 @@
+"""Retrieval-augmented chat through the served gateway: citations, /v1/retrieve, live re-index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import httpx
+import pytest
+
+from bentos.prompting import NOT_FOUND
+
+from conftest import CORPUS, build_index
+
+pytestmark = pytest.mark.stack
+
+
+def post(stack, path: str, body) -> httpx.Response:
+    h = {"Authorization": f"Bearer {stack.api_key}"}
+    kw = {"content": body} if isinstance(body, (str, bytes)) else {"json": body}
+    return httpx.post(f"{stack.url}{path}", headers=h, timeout=60, **kw)
+
+
+def ask(stack, question: str, **kw):
+    return stack.openai().chat.completions.create(model="x", messages=[{"role": "user", "content": question}], max_tokens=40, **kw)
+
+
+def test_answer_cites_the_right_source(stack):
+    r = ask(stack, "What is the capital of France?")
+    cites = r.model_extra["citations"]
+    assert cites[0]["source"] == "geography.md" and cites[0]["chunk_id"].startswith("geography.md#")
+    assert [c["score"] for c in cites] == sorted((c["score"] for c in cites), reverse=True)
+    assert "paris" in r.choices[0].message.content.lower()
+
+    r = ask(stack, "How many days do Zorblax customers have to ask for a refund?")
+    assert r.model_extra["citations"][0]["source"] == "handbook.md"
+    r = ask(stack, "When are firmware updates released?")
+    assert r.model_extra["citations"][0]["source"] == "faq/firmware"  # a JSONL record's own source
+
+
+def test_streamed_answer_carries_citations_first(stack):
+    chunks = list(ask(stack, "What is the office cat called?", stream=True))
+    assert chunks[0].model_extra["citations"][0]["source"] == "office.html"
+    assert all("citations" not in (c.model_extra or {}) for c in chunks[1:])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+
+def test_nothing_relevant_says_so(stack):
+    for stream in (False, True):
+        if stream:
+            chunks = list(ask(stack, "How do I bake sourdough bread at home?", stream=True))
+            text, cites = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[0].model_extra["citations"]
+        else:
+            r = ask(stack, "How do I bake sourdough bread at home?")
+            text, cites = r.choices[0].message.content, r.model_extra["citations"]
+        assert text == NOT_FOUND and cites == []
+
+
+def test_retrieve_ranks_chunks(stack):
+    r = post(stack, "/v1/retrieve", {"query": "Where do Zorblax robots ship from?", "k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["chunks"][0]["source"] == "handbook.md" and "Tilburg" in body["chunks"][0]["text"]
+    assert len(body["chunks"]) == 3 and isinstance(body["index_version"], int)
+    assert set(body["timing_ms"]) == {"embed", "search"}
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ({"query": "", "k": 3}, "query"),
+        ({"query": "   ", "k": 3}, "empty"),
+        ({"query": "cat", "k": 0}, "k"),
+        ({"query": "cat", "k": -2}, "k"),
+        ({"query": "cat", "k": 10**6}, "RAGSERVE_MAX_K"),
+        ({"k": 3}, "query"),
+        ({"query": "cat", "k": 3, "filter": "x"}, "filter"),
+        ('{"query": ', "JSON"),
+        ({"query": ["a"], "k": 3}, "query"),
+    ],
+)
+def test_retrieve_bad_input_is_400(stack, body, needle):
+    r = post(stack, "/v1/retrieve", body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]["message"]
+
+
+def test_new_publication_is_served_without_restart(stack, tmp_path):
+    docs = shutil.copytree(CORPUS, tmp_path / "docs")
+    (docs / "parking.md").write_text("# Parking\n\nVisitors park in garage Q7 behind the Zorblax warehouse.\n")
+    try:
+        build_index(stack.db, docs)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            top = post(stack, "/v1/retrieve", {"query": "Where do visitors park?", "k": 1}).json()["chunks"][0]
+            if top["source"] == "parking.md":
+                break
+            time.sleep(0.3)
+        assert top["source"] == "parking.md"
+        assert ask(stack, "Where do visitors park?").model_extra["citations"][0]["source"] == "parking.md"
+    finally:
+        build_index(stack.db, CORPUS)  # leave the shared stack's corpus as it was

@@ -1,0 +1,178 @@
+"""The index against real LanceDB and the real embedder: incremental, atomic, reversible."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from bentos.retrieval.documents import Document, SourceError, chunk_document, read_documents, split_words
+from bentos.retrieval.embedder import get_embedder
+from bentos.retrieval.index import IndexReader, IndexStore, IndexStoreError
+from bentos.retrieval.search import hybrid_search
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+class CountingEmbedder:
+    """The real embedder, counting what it is asked to embed."""
+
+    def __init__(self):
+        self.inner = get_embedder()
+        self.name, self.dim = self.inner.name, self.inner.dim
+        self.texts: list[str] = []
+
+    def embed(self, texts):
+        self.texts += texts
+        return self.inner.embed(texts)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    return Path(shutil.copytree(CORPUS, tmp_path / "docs"))
+
+
+def search_ids(db: Path, query: str, k: int = 3) -> list[str]:
+    reader = IndexReader(db, refresh_s=0)
+    table = reader.current()
+    return [h.doc_id for h in hybrid_search(table, get_embedder().embed([query])[0], query, k)]
+
+
+def test_reads_every_format(corpus):
+    docs, skipped = read_documents(corpus)
+    by_id = {d.doc_id: d for d in docs}
+    assert set(by_id) == {"geography.md", "handbook.md", "office.html", "faq-1", "faq-2"} and not skipped
+    assert "Mochi" in by_id["office.html"].text and "ignored" not in by_id["office.html"].text
+    assert by_id["faq-1"].source == "faq/support-hours" and by_id["faq-1"].metadata["title"] == "Support hours"
+
+
+def test_chunks_follow_headings_and_overlap():
+    chunks = chunk_document(Document("d", "d", "# A\n\nfirst.\n\n## B\n\nsecond.", "Doc"))
+    assert [c.title for c in chunks] == ["Doc > A", "Doc > A > B"]
+    long = " ".join(f"w{i}." for i in range(500))
+    pieces = split_words(long, 200, 30)
+    assert all(len(p.split()) <= 200 for p in pieces) and len(pieces) == 3
+    assert pieces[1].split()[:30] == pieces[0].split()[-30:]  # overlap carries the cut context
+
+
+def test_incremental_reindex_embeds_only_changes(corpus, tmp_path):
+    store, emb = IndexStore(tmp_path / "db"), CountingEmbedder()
+    first = store.reindex(read_documents(corpus)[0], emb)
+    assert first.docs_added == 5 and first.chunks_total == len(emb.texts) > 0
+
+    emb.texts.clear()
+    again = store.reindex(read_documents(corpus)[0], emb)
+    assert again.docs_unchanged == 5 and not again.changed and emb.texts == []
+    assert again.version == first.version  # nothing changed: nothing published
+
+    (corpus / "handbook.md").write_text("# Zorblax\n\nRefunds are possible within 60 days.\n")
+    emb.texts.clear()
+    third = store.reindex(read_documents(corpus)[0], emb)
+    assert (third.docs_updated, third.docs_unchanged) == (1, 4)
+    assert len(emb.texts) == 1 and "60 days" in emb.texts[0]
+    assert third.version > first.version
+
+
+def test_deleted_documents_disappear(corpus, tmp_path):
+    db = tmp_path / "db"
+    store = IndexStore(db)
+    store.reindex(read_documents(corpus)[0], get_embedder())
+    assert "office.html" in search_ids(db, "office cat Mochi")
+    (corpus / "office.html").unlink()
+    summary = store.reindex(read_documents(corpus)[0], get_embedder())
+    assert summary.docs_removed == 1 and summary.chunks_removed >= 1
+    assert "office.html" not in search_ids(db, "office cat Mochi", k=10)
+
+
+def test_rollback_restores_previous_publication(corpus, tmp_path):
+    db = tmp_path / "db"
+    store = IndexStore(db)
+    v1 = store.reindex(read_documents(corpus)[0], get_embedder()).version
+    (corpus / "office.html").unlink()
+    v2 = store.reindex(read_documents(corpus)[0], get_embedder()).version
+    assert store.rollback() == v1 and store.published_version() == v1
+    assert "office.html" in search_ids(db, "office cat Mochi")
+    with pytest.raises(IndexStoreError, match="nothing to roll back"):
+        store.rollback()
+    # the next re-index starts from what is published, so it removes the cat page again
+    v3 = store.reindex(read_documents(corpus)[0], get_embedder())
+    assert v3.docs_removed == 1 and v3.version > v2
+
+
+def test_reader_started_before_reindex_follows_new_publication(corpus, tmp_path):
+    db = tmp_path / "db"
+    store = IndexStore(db)
+    store.reindex(read_documents(corpus)[0], get_embedder())
+    reader = IndexReader(db, refresh_s=0)
+    before = reader.current().count_rows()
+    (corpus / "new.md").write_text("# Parking\n\nVisitors park in garage Q7 behind the Zorblax warehouse.\n")
+    store.reindex(read_documents(corpus)[0], get_embedder())
+    assert reader.current().count_rows() == before + 1
+    hits = hybrid_search(reader.current(), get_embedder().embed(["where do visitors park"])[0], "where do visitors park", 1)
+    assert hits[0].doc_id == "new.md"
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from bentos.retrieval.documents import read_documents
+    from bentos.retrieval.embedder import get_embedder
+    from bentos.retrieval.index import IndexStore
+
+    def die(step, done, total):
+        if step == sys.argv[3]:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, as with the OOM killer or a power cut
+
+    IndexStore(sys.argv[1]).reindex(read_documents(Path(sys.argv[2]))[0], get_embedder(), on_step=die)
+""")
+
+
+@pytest.mark.parametrize("step", ["delete", "write", "index"])
+def test_reindex_killed_midway_leaves_published_version(corpus, tmp_path, step):
+    db = tmp_path / "db"
+    store = IndexStore(db)
+    published = store.reindex(read_documents(corpus)[0], get_embedder()).version
+    rows = IndexReader(db, refresh_s=0).current().count_rows()
+    (corpus / "office.html").unlink()
+    (corpus / "new.md").write_text("# Parking\n\nVisitors park in garage Q7.\n")
+    r = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(db), str(corpus), step], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr
+    assert store.published_version() == published
+    reader = IndexReader(db, refresh_s=0)
+    assert reader.current().count_rows() == rows and "office.html" in search_ids(db, "office cat Mochi")
+    assert "new.md" not in search_ids(db, "garage Q7 parking", k=10)
+    # the next run discards the half-written versions and publishes cleanly
+    summary = store.reindex(read_documents(corpus)[0], get_embedder())
+    assert (summary.docs_added, summary.docs_removed) == (1, 1)
+    assert "new.md" in search_ids(db, "garage Q7 parking")
+
+
+def test_second_writer_gets_a_clear_error(corpus, tmp_path):
+    store = IndexStore(tmp_path / "db")
+    with store.writer_lock():
+        with pytest.raises(IndexStoreError, match="another re-index holds"):
+            IndexStore(tmp_path / "db").reindex(read_documents(corpus)[0], get_embedder())
+
+
+def test_unreadable_sources_fail_before_touching_the_index(corpus, tmp_path):
+    db = tmp_path / "db"
+    store = IndexStore(db)
+    published = store.reindex(read_documents(corpus)[0], get_embedder()).version
+    (corpus / "broken.txt").write_bytes(b"\xff\xfe\x00 not utf-8")
+    (corpus / "bad.jsonl").write_text('{"id": "x"}\n')
+    with pytest.raises(SourceError) as e:
+        read_documents(corpus)
+    assert "broken.txt" in str(e.value) and "bad.jsonl:1" in str(e.value) and "--skip-unreadable" in str(e.value)
+    docs, skipped = read_documents(corpus, skip_unreadable=True)
+    assert len(skipped) == 2 and len(docs) == 5
+    assert store.published_version() == published
+    with pytest.raises(SourceError, match="no such file"):
+        read_documents(tmp_path / "missing")
+    with pytest.raises(IndexStoreError, match="empty"):
+        store.reindex([], get_embedder())
