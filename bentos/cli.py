@@ -139,6 +139,32 @@ def search(query: str, k: int, db: str | None) -> None:
         click.echo(f"[{i}] {h.score:.3f} {h.source} {h.chunk_id}{mark}\n    {h.text[:200]!r}")
 
 
+@main.group(name="eval")
+def eval_group() -> None:
+    """Quality evaluations on frozen data sets."""
+
+
+@eval_group.command("retrieval")
+@click.option("--squad", "squad", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A SQuAD-format JSON file.")
+@click.option("--db", help="Where to build the evaluation index (default: a temporary folder).")
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+def eval_retrieval_cmd(squad: Path, db: str | None, json_out: str | None) -> None:
+    """Index the paragraphs of a SQuAD file and report recall@1, recall@5 and MRR@10 of the gold
+    paragraph for the answerable questions, through the same retrieval the gateway uses."""
+    import json
+
+    from .evaluation import EvalDataError, eval_retrieval
+
+    try:
+        result = eval_retrieval(load_settings(), squad, db)
+    except EvalDataError as e:
+        raise click.ClickException(str(e)) from None
+    for key, value in result.items():
+        click.echo(f"{key:>24}: {value}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print figures measured against a baseline in the same run."""
@@ -164,6 +190,42 @@ def bench_serve(n_requests: int, concurrency: str, max_tokens: int, json_out: st
     if n_requests < 1 or max_tokens < 1 or any(c < 1 for c in levels):
         raise click.BadParameter("--requests, --max-tokens and each concurrency must be ≥ 1")
     run_serve_bench(load_settings(), n_requests, levels, max_tokens, json_out, cold)
+
+
+SQUAD_OPTION = click.option(
+    "--squad", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("../shared/eval/squad_v2_dev_subset.json"),
+    show_default=True, help="SQuAD-format file whose paragraphs make the corpus.",
+)
+
+
+@bench.command("index")
+@SQUAD_OPTION
+@click.option("--copies", default=6, show_default=True, help="Distinct copies of each paragraph (corpus size).")
+def bench_index_cmd(squad: Path, copies: int) -> None:
+    """Ingest throughput against plain sentence-transformers encoding of the same chunks, and a
+    no-change re-index against a full one."""
+    from .bench_retrieval import bench_index
+
+    if copies < 1:
+        raise click.BadParameter("must be ≥ 1", param_hint="--copies")
+    for key, value in bench_index(load_settings(), squad, copies).items():
+        click.echo(f"{key:>28}: {value}")
+
+
+@bench.command("retrieve")
+@SQUAD_OPTION
+@click.option("--sizes", default="10000,100000", show_default=True, help="Comma-separated index sizes in chunks.")
+@click.option("--queries", default=300, show_default=True, help="Queries per size.")
+def bench_retrieve_cmd(squad: Path, sizes: str, queries: int) -> None:
+    """/v1/retrieve latency (p50/p95) at each index size, with query embedding reported apart."""
+    from .bench_retrieval import bench_retrieve
+
+    try:
+        levels = [int(s) for s in sizes.split(",")]
+    except ValueError:
+        raise click.BadParameter("use comma-separated whole numbers", param_hint="--sizes") from None
+    for rows, figures in bench_retrieve(load_settings(), squad, levels, queries).items():
+        click.echo(f"{rows} chunks: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 
 if __name__ == "__main__":

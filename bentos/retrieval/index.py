@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import lancedb
+import numpy as np
 from lancedb.index import FTS
 import pyarrow as pa
 
@@ -32,6 +33,7 @@ TABLE = "chunks"
 PUBLISHED = "published"
 PUBLICATION_PREFIX = "pub-"
 WRITE_BATCH = 2000
+EMBED_SLICE = 512
 
 
 class IndexStoreError(RuntimeError):
@@ -184,12 +186,7 @@ class IndexStore:
             chunks = [c for d in fresh for c in chunk_document(d, chunking.max_words, chunking.overlap_words)]
             hashes = {doc_id: h for doc_id, (_, h) in wanted.items()}
             t_embed = time.perf_counter()
-            rows = []
-            for start in range(0, len(chunks), 256):
-                batch = chunks[start : start + 256]
-                vectors = embedder.embed([search_text(c) for c in batch])
-                rows += [self._row(c, v, hashes[c.doc_id]) for c, v in zip(batch, vectors)]
-                step("embed", min(start + 256, len(chunks)), len(chunks))
+            vectors = self._embed(embedder, [search_text(c) for c in chunks], step)
             summary.embed_seconds = time.perf_counter() - t_embed
 
             if table is None:
@@ -200,10 +197,11 @@ class IndexStore:
                     table.delete(sql_in("doc_id", stale[start : start + 500]))
                 summary.chunks_removed = before - table.count_rows()
             step("delete", 1, 1)
-            for start in range(0, len(rows), WRITE_BATCH):
-                table.add(pa.Table.from_pylist(rows[start : start + WRITE_BATCH], schema=schema(embedder.dim)))
-                step("write", min(start + WRITE_BATCH, len(rows)), len(rows))
-            summary.chunks_added = len(rows)
+            for start in range(0, len(chunks), WRITE_BATCH):
+                end = start + WRITE_BATCH
+                table.add(self._rows(chunks[start:end], vectors[start:end], hashes, embedder.dim))
+                step("write", min(end, len(chunks)), len(chunks))
+            summary.chunks_added = len(chunks)
             self._update_indexes(table, ann_min_rows)
             step("index", 1, 1)
             summary.version = self._publish(table)
@@ -212,12 +210,28 @@ class IndexStore:
         return summary
 
     @staticmethod
-    def _row(chunk: Chunk, vector, doc_hash: str) -> dict:
-        return {
-            "chunk_id": chunk.chunk_id, "doc_id": chunk.doc_id, "source": chunk.source, "title": chunk.title,
-            "text": chunk.text, "search_text": search_text(chunk), "doc_hash": doc_hash,
-            "metadata": json.dumps(chunk.metadata, sort_keys=True), "vector": vector.tolist(),
+    def _embed(embedder: Embedder, texts: list[str], step: Callable[[str, int, int], None]) -> np.ndarray:
+        """Embedded in length order, as one sentence-transformers call would (less padding), but
+        in slices so the progress bar moves; vectors come back in the original order."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)
+        for start in range(0, len(order), EMBED_SLICE):
+            idx = order[start : start + EMBED_SLICE]
+            vectors[idx] = embedder.embed([texts[i] for i in idx])
+            step("embed", min(start + EMBED_SLICE, len(texts)), len(texts))
+        return vectors
+
+    @staticmethod
+    def _rows(chunks: list[Chunk], vectors: np.ndarray, hashes: dict[str, str], dim: int) -> pa.Table:
+        columns = {
+            "chunk_id": [c.chunk_id for c in chunks], "doc_id": [c.doc_id for c in chunks],
+            "source": [c.source for c in chunks], "title": [c.title for c in chunks], "text": [c.text for c in chunks],
+            "search_text": [search_text(c) for c in chunks], "doc_hash": [hashes[c.doc_id] for c in chunks],
+            "metadata": [json.dumps(c.metadata, sort_keys=True) for c in chunks],
         }
+        arrays = [pa.array(v, pa.string()) for v in columns.values()]
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim))
+        return pa.Table.from_arrays(arrays, schema=schema(dim))
 
     @staticmethod
     def _doc_hashes(table) -> dict[str, str]:
