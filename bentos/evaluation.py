@@ -54,11 +54,12 @@ def eval_retrieval(settings: Settings, squad: Path, db: str | None = None) -> di
     settings = settings.model_copy(update={"db": db, "index_refresh_s": 3600})
     IndexStore(db).reindex(docs, get_embedder(settings.embed_model, settings.embed_threads), ChunkingConfig(settings.chunk_max_words, settings.chunk_overlap_words))
     retriever = Retriever(settings)
-    hits1 = hits5 = 0
+    hits1 = hits5 = gated = 0
     rr = []
     latencies = []
     for question, gold in tqdm(answerable, desc="questions", unit="q"):
-        ranked, _ = paragraph_ranks(retriever, question, 10)
+        ranked, relevant = paragraph_ranks(retriever, question, 10)
+        gated += not relevant
         hits1 += ranked[:1] == [gold]
         hits5 += gold in ranked[:5]
         rr.append(1 / (ranked.index(gold) + 1) if gold in ranked else 0.0)
@@ -68,6 +69,7 @@ def eval_retrieval(settings: Settings, squad: Path, db: str | None = None) -> di
     return {
         "file": str(squad), "paragraphs": len(docs), "answerable_questions": n, "unanswerable_questions": len(unanswerable),
         "recall@1": round(hits1 / n, 4), "recall@5": round(hits5 / n, 4), "mrr@10": round(sum(rr) / n, 4),
+        "answerable_judged_not_found": round(gated / n, 4),  # the relevance gate's misses
         "search_ms_p50": round(statistics.median(latencies), 2),
         "fusion": f"cosine + {settings.fts_weight} x BM25/max(BM25), {settings.search_candidates} candidates each",
     }

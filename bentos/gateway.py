@@ -13,10 +13,9 @@ import httpx
 
 from .gateway_api import create_gateway_app
 from .llm_service import LLM
-from .relay import Relay
+from .relay import Relay, http_client
 from .retrieval.retriever import Retriever
-from .service_common import check_worker_socket, http_config, only_engine_metrics, requested_host
-from .settings import get_settings
+from .service_common import check_worker_socket, checked_settings, only_engine_metrics, service_options
 
 def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
     """HTTP to a `bentoml.depends` service, whatever BentoML chose: a local Unix socket
@@ -28,24 +27,14 @@ def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
         url = "http://ragserve-llm"
     elif parsed.scheme == "tcp":
         url = f"http://{parsed.netloc}"
-    return httpx.AsyncClient(
-        base_url=url, transport=transport, timeout=httpx.Timeout(timeout_s, connect=5),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-    )
+    return http_client(url, timeout_s, transport)
 
 
-settings = get_settings()
-# At import, so `bentoml serve` stops at once (a worker failing later is respawned forever).
-settings.check_bind(requested_host(settings))
+settings = checked_settings()
 gateway_app = create_gateway_app(settings)
 
 
-@bentoml.service(
-    name="ragserve-gateway",
-    http=http_config(settings),
-    traffic={"timeout": int(settings.request_timeout_s)},
-    workers=1,
-)
+@bentoml.service(name="ragserve-gateway", **service_options(settings))
 @bentoml.asgi_app(gateway_app, path="/v1")
 class Gateway:
     llm = bentoml.depends(LLM)
@@ -58,6 +47,13 @@ class Gateway:
         self.llm_http = dependency_client(type(self).llm.url, settings.request_timeout_s)
         gateway_app.state.llm = Relay(self.llm_http, "the model service", headers={"Authorization": f"Bearer {key}"} if key else None)
         gateway_app.state.retriever = self.retriever
+
+    async def __is_ready__(self) -> bool:
+        """Ready when the model service is: its /readyz says the engine has generated a token."""
+        try:
+            return (await self.llm_http.get("/readyz", timeout=5)).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     async def __metrics__(self, content: str) -> str:
         """The engine's metrics too, so one scrape of the entry service sees the whole stack."""

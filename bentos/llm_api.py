@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from .engine import Engine
 from .http_common import APIError, BearerAuth, install_error_handlers, parse_body, read_json
-from .relay import Relay
+from .relay import Relay, http_client
 from .schemas import ChatCompletionRequest
 from .settings import Settings
 
@@ -27,12 +26,7 @@ def engine_relay(engine: Engine, settings: Settings) -> Relay:
         if not engine.generated_once:
             raise APIError(503, "the model engine is still starting; retry when /readyz answers 200", "engine_starting", {"Retry-After": "5"})
 
-    http = httpx.AsyncClient(
-        base_url=engine.base_url,
-        timeout=httpx.Timeout(settings.request_timeout_s, connect=5),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-    )
-    return Relay(http, "the model engine", ready_check)
+    return Relay(http_client(engine.base_url, settings.request_timeout_s), "the model engine", ready_check)
 
 
 def prepare_chat(req: ChatCompletionRequest, settings: Settings) -> dict[str, Any]:

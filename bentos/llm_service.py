@@ -15,22 +15,14 @@ import httpx
 from .engine import Engine
 from .llm_api import create_app, engine_relay
 from .model_store import resolve_model
-from .service_common import check_worker_socket, http_config, only_engine_metrics, requested_host
-from .settings import get_settings
+from .service_common import check_worker_socket, checked_settings, only_engine_metrics, service_options
 
 log = logging.getLogger("ragserve.llm")
-settings = get_settings()
-# At import, so `bentoml serve` stops at once (a worker failing later is respawned forever).
-settings.check_bind(requested_host(settings))
+settings = checked_settings()
 openai_app = create_app(settings)
 
 
-@bentoml.service(
-    name="ragserve-llm",
-    http=http_config(settings),
-    traffic={"timeout": int(settings.request_timeout_s)},
-    workers=1,  # one engine per replica; the engine batches concurrent requests itself
-)
+@bentoml.service(name="ragserve-llm", **service_options(settings))
 @bentoml.asgi_app(openai_app, path="/v1")
 class LLM:
     def __init__(self) -> None:

@@ -15,6 +15,14 @@ _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-en
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def http_client(base_url: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """A pooled client to the next hop: no cap on connections (the hop applies its own limits)."""
+    return httpx.AsyncClient(
+        base_url=base_url, transport=transport, timeout=httpx.Timeout(timeout_s, connect=5),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+    )
+
+
 def unreachable(e: Exception, what: str) -> APIError:
     if isinstance(e, httpx.TimeoutException):
         return APIError(504, f"{what} did not answer in time (RAGSERVE_REQUEST_TIMEOUT_S)", "upstream_timeout")

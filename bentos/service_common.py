@@ -7,16 +7,26 @@ import os
 import socket
 import sys
 
-from .settings import Settings
+from .settings import Settings, get_settings
 
 
-def http_config(settings: Settings) -> dict:
-    config: dict = {"port": settings.port}
+def checked_settings() -> Settings:
+    """The settings, with the bind address checked at import so `bentoml serve` stops at once
+    (a worker that fails later is respawned by BentoML forever)."""
+    settings = get_settings()
+    settings.check_bind(requested_host(settings))
+    return settings
+
+
+def service_options(settings: Settings) -> dict:
+    """`@bentoml.service` options both services share. One worker per replica: the engine (and
+    the gateway's embedder) batch concurrent requests themselves."""
+    http: dict = {"port": settings.port}
     try:
-        config["host"] = str(ipaddress.ip_address(settings.host))
+        http["host"] = str(ipaddress.ip_address(settings.host))
     except ValueError:
         pass  # a name such as "localhost": leave BentoML's --host to decide
-    return config
+    return {"http": http, "traffic": {"timeout": int(settings.request_timeout_s)}, "workers": 1}
 
 
 def requested_host(settings: Settings) -> str:
