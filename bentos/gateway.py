@@ -15,6 +15,7 @@ from .gateway_api import create_gateway_app
 from .llm_service import LLM
 from .relay import Relay, http_client
 from .retrieval.retriever import Retriever
+from .logs import setup_service_logging
 from .service_common import check_worker_socket, checked_settings, only_engine_metrics, service_options
 
 def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
@@ -31,6 +32,7 @@ def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
 
 
 settings = checked_settings()
+setup_service_logging(settings.log_level)
 gateway_app = create_gateway_app(settings)
 
 

@@ -7,6 +7,7 @@ a top-level ``citations`` list in rank order (in the first chunk when streaming)
 
 from __future__ import annotations
 
+import logging
 from typing import Any, AsyncIterator
 
 import anyio
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .completions import completion, completion_chunks
+from .logs import AccessLog
 from .http_common import APIError, BearerAuth, install_error_handlers, parse_body, read_json
 from .llm_api import prepare_chat
 from .prompting import NOT_FOUND, last_user_text, with_sources
@@ -22,6 +24,16 @@ from .retrieval.retriever import Retriever
 from .retrieval.search import Hit
 from .schemas import ChatCompletionRequest, Citation, RetrievedChunk, RetrieveRequest, RetrieveResponse
 from .settings import Settings
+
+
+log = logging.getLogger("bentos.gateway")
+
+
+def log_retrieval(request: Request, r) -> None:
+    log.info("retrieved", extra={"fields": {  # no query text: it may hold personal data
+        "request_id": request.scope.get("state", {}).get("request_id"), "index_version": r.version,
+        "candidates": len(r.hits), "relevant": len(r.relevant), "embed_ms": round(r.embed_ms, 1), "search_ms": round(r.search_ms, 1),
+    }})
 
 
 def citations(hits: list[Hit]) -> list[dict]:
@@ -34,6 +46,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(BearerAuth, api_key=key)
+    app.add_middleware(AccessLog, logger_name="bentos.access.gateway")  # outermost: 401s are logged too
 
     def state(request: Request, name: str) -> Any:
         value = getattr(request.app.state, name, None)
@@ -58,6 +71,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         if req.k > settings.max_k:
             raise APIError(400, f"k={req.k} is above the limit {settings.max_k} (RAGSERVE_MAX_K); ask for fewer chunks", "k_too_large")
         r = await retrieve(request, req.query, req.k)
+        log_retrieval(request, r)
         chunks = [RetrievedChunk(source=h.source, chunk_id=h.chunk_id, score=h.score, doc_id=h.doc_id, title=h.title, text=h.text, similarity=h.similarity) for h in r.hits]
         return RetrieveResponse(query=req.query, k=req.k, index_version=r.version, chunks=chunks, timing_ms={"embed": round(r.embed_ms, 2), "search": round(r.search_ms, 2)})
 
@@ -69,6 +83,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         if not query.strip():
             raise APIError(400, "the conversation has no user message with text; the last user message is what is searched", "no_user_message")
         found = await retrieve(request, query, settings.retrieve_k)
+        log_retrieval(request, found)
         hits = found.relevant
         if found.version is not None:
             # With an index, answer only from it: nothing relevant means saying so, not inventing.

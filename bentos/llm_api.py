@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from .engine import Engine
+from .logs import AccessLog
 from .http_common import APIError, BearerAuth, install_error_handlers, parse_body, read_json
 from .relay import Relay, http_client
 from .schemas import ChatCompletionRequest
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(BearerAuth, api_key=key)
+    app.add_middleware(AccessLog, logger_name="bentos.access.llm")  # outermost: 401s are logged too
 
     def engine(request: Request) -> Relay:
         client = getattr(request.app.state, "engine", None)

@@ -7,18 +7,17 @@ ready only once the engine has generated a token, vLLM's Prometheus metrics appe
 
 from __future__ import annotations
 
-import logging
-
 import bentoml
 import httpx
 
 from .engine import Engine
 from .llm_api import create_app, engine_relay
 from .model_store import resolve_model
+from .logs import setup_service_logging
 from .service_common import check_worker_socket, checked_settings, only_engine_metrics, service_options
 
-log = logging.getLogger("ragserve.llm")
 settings = checked_settings()
+setup_service_logging(settings.log_level)
 openai_app = create_app(settings)
 
 

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     ann_min_rows: int = Field(50_000, ge=1, description="Build an ANN vector index once the table has this many chunks.")
     index_refresh_s: float = Field(1.0, gt=0, description="How often a server checks for a newly published index.")
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Level of the services' JSON logs.")
+
     # --- paths --------------------------------------------------------------------------
     cache_dir: Path = Field(default_factory=default_cache_dir)
 

@@ -101,3 +101,21 @@ def test_new_publication_is_served_without_restart(stack, tmp_path):
         assert ask(stack, "Where do visitors park?").model_extra["citations"][0]["source"] == "parking.md"
     finally:
         build_index(stack.db, CORPUS)  # leave the shared stack's corpus as it was
+
+
+def test_structured_logs_carry_request_id_and_no_query_text(stack):
+    rid = "test-" + str(time.time_ns())
+    secret = "Zorblax refund window for customer 4711"
+    r = httpx.post(f"{stack.url}/v1/retrieve", json={"query": secret, "k": 2},
+                   headers={"Authorization": f"Bearer {stack.api_key}", "X-Request-ID": rid})
+    assert r.headers["x-request-id"] == rid
+    assert len(httpx.get(f"{stack.url}/v1/models").headers["x-request-id"]) == 32  # one is made up if absent
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(l) for l in stack.launched.log_path.read_text().splitlines() if l.startswith("{") and rid in l]
+        if lines:
+            break
+        time.sleep(0.2)
+    access = [l for l in lines if l["msg"] == "request"]
+    assert access and access[0]["status"] == 200 and access[0]["path"] == "/v1/retrieve" and access[0]["ms"] > 0
+    assert secret not in stack.launched.log_path.read_text()
