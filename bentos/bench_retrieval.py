@@ -3,7 +3,6 @@ measured in the same run."""
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import tempfile
 import threading

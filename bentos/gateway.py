@@ -15,8 +15,7 @@ from .gateway_api import create_gateway_app
 from .llm_service import LLM
 from .relay import Relay, http_client
 from .retrieval.retriever import Retriever
-from .logs import setup_service_logging
-from .service_common import check_worker_socket, checked_settings, only_engine_metrics, service_options
+from .service_common import check_worker_socket, service_settings, only_engine_metrics, service_options
 
 def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
     """HTTP to a `bentoml.depends` service, whatever BentoML chose: a local Unix socket
@@ -31,8 +30,7 @@ def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
     return http_client(url, timeout_s, transport)
 
 
-settings = checked_settings()
-setup_service_logging(settings.log_level)
+settings = service_settings()
 gateway_app = create_gateway_app(settings)
 
 

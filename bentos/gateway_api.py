@@ -8,15 +8,14 @@ a top-level ``citations`` list in rank order (in the first chunk when streaming)
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .completions import completion, completion_chunks
-from .logs import AccessLog
-from .http_common import APIError, BearerAuth, install_error_handlers, parse_body, read_json
+from .http_common import APIError, app_state, openai_app, parse_body, read_json
 from .llm_api import prepare_chat
 from .prompting import NOT_FOUND, last_user_text, with_sources
 from .relay import SSE_HEADERS, Relay, UpstreamError, sse, sse_events
@@ -42,17 +41,8 @@ def citations(hits: list[Hit]) -> list[dict]:
 
 def create_gateway_app(settings: Settings) -> FastAPI:
     """Mounted at /v1; ``app.state.retriever`` and ``app.state.llm`` are set when the service starts."""
-    app = FastAPI(title="ragserve gateway", description="Retrieval-augmented, OpenAI-compatible chat.")
-    install_error_handlers(app)
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(BearerAuth, api_key=key)
-    app.add_middleware(AccessLog, logger_name="bentos.access.gateway")  # outermost: 401s are logged too
-
-    def state(request: Request, name: str) -> Any:
-        value = getattr(request.app.state, name, None)
-        if value is None:
-            raise APIError(503, "the service is still starting; retry when /readyz answers 200", "starting", {"Retry-After": "5"})
-        return value
+    app = openai_app(settings, "ragserve gateway", "Retrieval-augmented, OpenAI-compatible chat.", "bentos.access.gateway")
+    state = app_state
 
     async def retrieve(request: Request, query: str, k: int):
         retriever: Retriever = state(request, "retriever")

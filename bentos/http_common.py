@@ -105,6 +105,26 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error ({type(exc).__name__}); see the server log", "internal_error")
 
 
+def openai_app(settings, title: str, description: str, access_logger: str) -> FastAPI:
+    """A FastAPI app for a /v1 mount: OpenAI-shaped errors, bearer auth, and the access log
+    outermost (so 401s are logged too)."""
+    from .logs import AccessLog
+
+    app = FastAPI(title=title, description=description)
+    install_error_handlers(app)
+    app.add_middleware(BearerAuth, api_key=settings.api_key.get_secret_value() if settings.api_key else None)
+    app.add_middleware(AccessLog, logger_name=access_logger)
+    return app
+
+
+def app_state(request: Request, name: str) -> Any:
+    """What the service put on ``app.state`` when it started; a clear 503 until then."""
+    value = getattr(request.app.state, name, None)
+    if value is None:
+        raise APIError(503, "the service is still starting; retry when /readyz answers 200", "starting", {"Retry-After": "5"})
+    return value
+
+
 class BearerAuth:
     """ASGI middleware: with a key configured, every request needs ``Authorization: Bearer <key>``."""
 

@@ -12,8 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from .engine import Engine
-from .logs import AccessLog
-from .http_common import APIError, BearerAuth, install_error_handlers, parse_body, read_json
+from .http_common import APIError, app_state, openai_app, parse_body, read_json
 from .relay import Relay, http_client
 from .schemas import ChatCompletionRequest
 from .settings import Settings
@@ -45,17 +44,10 @@ def prepare_chat(req: ChatCompletionRequest, settings: Settings) -> dict[str, An
 
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI app mounted at /v1; ``app.state.engine`` is set once the service starts."""
-    app = FastAPI(title="ragserve model service", description="OpenAI-compatible chat on vLLM.")
-    install_error_handlers(app)
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(BearerAuth, api_key=key)
-    app.add_middleware(AccessLog, logger_name="bentos.access.llm")  # outermost: 401s are logged too
+    app = openai_app(settings, "ragserve model service", "OpenAI-compatible chat on vLLM.", "bentos.access.llm")
 
     def engine(request: Request) -> Relay:
-        client = getattr(request.app.state, "engine", None)
-        if client is None:
-            raise APIError(503, "the service is still starting; retry when /readyz answers 200", "starting", {"Retry-After": "5"})
-        return client
+        return app_state(request, "engine")
 
     @app.get("/models")
     async def list_models(request: Request) -> Response:

@@ -13,11 +13,9 @@ import httpx
 from .engine import Engine
 from .llm_api import create_app, engine_relay
 from .model_store import resolve_model
-from .logs import setup_service_logging
-from .service_common import check_worker_socket, checked_settings, only_engine_metrics, service_options
+from .service_common import check_worker_socket, service_settings, only_engine_metrics, service_options
 
-settings = checked_settings()
-setup_service_logging(settings.log_level)
+settings = service_settings()
 openai_app = create_app(settings)
 
 

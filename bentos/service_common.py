@@ -10,11 +10,15 @@ import sys
 from .settings import Settings, get_settings
 
 
-def checked_settings() -> Settings:
-    """The settings, with the bind address checked at import so `bentoml serve` stops at once
-    (a worker that fails later is respawned by BentoML forever)."""
+def service_settings() -> Settings:
+    """The settings a service module starts with: the bind address checked at import, so
+    `bentoml serve` stops at once (BentoML respawns a worker that fails later forever), and
+    our JSON logging set up."""
+    from .logs import setup_service_logging
+
     settings = get_settings()
     settings.check_bind(requested_host(settings))
+    setup_service_logging(settings.log_level)
     return settings
 
 
