@@ -109,7 +109,6 @@ class Engine:
         self.proc: subprocess.Popen[bytes] | None = None
         self.generated_once = False
         self.started_at = 0.0
-        self.restarts = 0
 
     def start(self) -> None:
         cmd = engine_command(self.settings, self.model, self.port)

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -61,7 +61,6 @@ class ReindexSummary:
     version: int | None = None
     seconds: float = 0.0
     embed_seconds: float = 0.0
-    skipped_sources: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
