@@ -28,17 +28,17 @@ def plain_vllm(settings: Settings, model: str) -> Iterator[tuple[str, float]]:
     engine.start()
     t0 = time.monotonic()
 
-    async def ready() -> bool:
-        async with httpx.AsyncClient() as c:
-            return await engine.is_ready(c)
+    async def wait_ready() -> None:
+        async with httpx.AsyncClient() as client:
+            while not await engine.is_ready(client):
+                if not engine.running:
+                    raise RuntimeError(f"vLLM exited with {engine.exit_code}")
+                if time.monotonic() - t0 > settings.engine_start_timeout_s:
+                    raise RuntimeError("vLLM did not become ready in time")
+                await asyncio.sleep(0.5)
 
     try:
-        while not asyncio.run(ready()):
-            if not engine.running:
-                raise RuntimeError(f"vLLM exited with {engine.exit_code}")
-            if time.monotonic() - t0 > settings.engine_start_timeout_s:
-                raise RuntimeError("vLLM did not become ready in time")
-            time.sleep(0.5)
+        asyncio.run(wait_ready())
         yield engine.base_url, time.monotonic() - t0
     finally:
         engine.stop()
@@ -57,7 +57,7 @@ def bento(settings: Settings, log_dir: Path) -> Iterator[tuple[str, float]]:
 
 def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_tokens: int, json_out: str | None, cold: bool = False) -> dict:
     model = resolve_model(settings)
-    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    key = settings.api_key_value or ""
     log_dir = Path(tempfile.mkdtemp(prefix="ragserve-bench-"))
     results: dict = {"model": model, "max_tokens": max_tokens, "requests": n_requests, "targets": {}}
     for name in ("vllm", "bento"):

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .evaluation import load_squad
 from .loadgen import percentile
 from .retrieval.documents import Document, chunk_document
-from .retrieval.embedder import get_embedder
+from .retrieval.embedder import embedder_for
 from .retrieval.index import ChunkingConfig, IndexStore, schema, search_text
 from .settings import Settings
 
@@ -30,8 +30,8 @@ def squad_corpus(squad: Path, copies: int) -> list[Document]:
 
 def bench_index(settings: Settings, squad: Path, copies: int) -> dict:
     docs = squad_corpus(squad, copies)
-    chunking = ChunkingConfig(settings.chunk_max_words, settings.chunk_overlap_words)
-    embedder = get_embedder(settings.embed_model, settings.embed_threads)
+    chunking = ChunkingConfig.from_settings(settings)
+    embedder = embedder_for(settings)
     texts = [search_text(c) for d in docs for c in chunk_document(d, chunking.max_words, chunking.overlap_words)]
     embedder.embed(texts[:64])  # warm-up, so neither side pays model start-up
 
@@ -97,7 +97,7 @@ def bench_retrieve(settings: Settings, squad: Path, sizes: list[int], queries: i
 
     docs, answerable, _ = load_squad(squad)
     sentences = [s.strip() for d in docs for s in d.text.split(". ") if len(s.split()) > 5]
-    embedder = get_embedder(settings.embed_model, settings.embed_threads)
+    embedder = embedder_for(settings)
     base_vectors = embedder.embed(sentences)
     questions = [q for q, _ in answerable][:queries]
     results = {}

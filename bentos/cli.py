@@ -25,6 +25,23 @@ def load_settings(**overrides) -> Settings:
         raise click.UsageError(f"bad RAGSERVE_* setting:\n{e}") from None
 
 
+class IntList(click.ParamType):
+    """Comma-separated whole numbers ≥ 1, such as 1,8,32."""
+
+    name = "n,n,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            numbers = [int(v) for v in str(value).split(",")]
+        except ValueError:
+            numbers = []
+        if not numbers or any(n < 1 for n in numbers):
+            self.fail(f"{value!r}: use comma-separated whole numbers ≥ 1, e.g. 1,8", param, ctx)
+        return numbers
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
@@ -57,13 +74,6 @@ def model_prepare() -> None:
         raise click.ClickException(str(e)) from None
 
 
-def store_and_embedder(settings: Settings):
-    from .retrieval.embedder import get_embedder
-    from .retrieval.index import IndexStore
-
-    return IndexStore(settings.db), get_embedder(settings.embed_model, settings.embed_threads)
-
-
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--db", help="LanceDB folder (default RAGSERVE_DB, ./data/lancedb).")
@@ -79,21 +89,18 @@ def index(path: Path | None, db: str | None, rollback: bool, skip_unreadable: bo
     from tqdm import tqdm
 
     from .retrieval.documents import SourceError, read_documents
-    from .retrieval.index import ChunkingConfig, IndexStoreError
+    from .retrieval.embedder import embedder_for
+    from .retrieval.index import ChunkingConfig, IndexStore, IndexStoreError
 
     settings = load_settings(db=db)
     if rollback == (path is not None):
         raise click.UsageError("give either PATH to index or --rollback")
-    store, embedder = None, None
     try:
+        store = IndexStore(settings.db)
         if rollback:
-            from .retrieval.index import IndexStore
-
-            version = IndexStore(settings.db).rollback()
-            click.echo(f"published version {version} again in {settings.db}")
+            click.echo(f"published version {store.rollback()} again in {settings.db}")
             return
         docs, skipped = read_documents(path, skip_unreadable)
-        store, embedder = store_and_embedder(settings)
         bars: dict[str, tqdm] = {}
 
         def on_step(step: str, done: int, total: int) -> None:
@@ -101,8 +108,7 @@ def index(path: Path | None, db: str | None, rollback: bool, skip_unreadable: bo
             bar.n = done
             bar.refresh()
 
-        chunking = ChunkingConfig(settings.chunk_max_words, settings.chunk_overlap_words)
-        summary = store.reindex(docs, embedder, chunking, settings.ann_min_rows, on_step)
+        summary = store.reindex(docs, embedder_for(settings), ChunkingConfig.from_settings(settings), settings.ann_min_rows, on_step)
         for bar in bars.values():
             bar.close()
     except (SourceError, IndexStoreError) as e:
@@ -172,24 +178,20 @@ def bench() -> None:
 
 @bench.command("serve")
 @click.option("--requests", "n_requests", default=16, show_default=True, help="Requests per concurrency level.")
-@click.option("--concurrency", default="1,8", show_default=True, help="Comma-separated concurrency levels.")
+@click.option("--concurrency", type=IntList(), default="1,8", show_default=True, help="Comma-separated concurrency levels.")
 @click.option("--max-tokens", default=64, show_default=True, help="Output tokens per request (fixed: ignore_eos).")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
 @click.option("--cold", is_flag=True, help="Start each server with an empty compile cache (first-start time).")
-def bench_serve(n_requests: int, concurrency: str, max_tokens: int, json_out: str | None, cold: bool) -> None:
+def bench_serve(n_requests: int, concurrency: list[int], max_tokens: int, json_out: str | None, cold: bool) -> None:
     """Throughput and time-to-ready of the Bento against plain vLLM serving the same folder.
 
     Starts both itself, one after the other, on free loopback ports.
     """
     from .bench import run_serve_bench
 
-    try:
-        levels = [int(c) for c in concurrency.split(",")]
-    except ValueError:
-        raise click.BadParameter("use comma-separated whole numbers, e.g. 1,8", param_hint="--concurrency") from None
-    if n_requests < 1 or max_tokens < 1 or any(c < 1 for c in levels):
-        raise click.BadParameter("--requests, --max-tokens and each concurrency must be ≥ 1")
-    run_serve_bench(load_settings(), n_requests, levels, max_tokens, json_out, cold)
+    if n_requests < 1 or max_tokens < 1:
+        raise click.BadParameter("--requests and --max-tokens must be ≥ 1")
+    run_serve_bench(load_settings(), n_requests, concurrency, max_tokens, json_out, cold)
 
 
 SQUAD_OPTION = click.option(
@@ -214,17 +216,13 @@ def bench_index_cmd(squad: Path, copies: int) -> None:
 
 @bench.command("retrieve")
 @SQUAD_OPTION
-@click.option("--sizes", default="10000,100000", show_default=True, help="Comma-separated index sizes in chunks.")
+@click.option("--sizes", type=IntList(), default="10000,100000", show_default=True, help="Comma-separated index sizes in chunks.")
 @click.option("--queries", default=300, show_default=True, help="Queries per size.")
-def bench_retrieve_cmd(squad: Path, sizes: str, queries: int) -> None:
+def bench_retrieve_cmd(squad: Path, sizes: list[int], queries: int) -> None:
     """/v1/retrieve latency (p50/p95) at each index size, with query embedding reported apart."""
     from .bench_retrieval import bench_retrieve
 
-    try:
-        levels = [int(s) for s in sizes.split(",")]
-    except ValueError:
-        raise click.BadParameter("use comma-separated whole numbers", param_hint="--sizes") from None
-    for rows, figures in bench_retrieve(load_settings(), squad, levels, queries).items():
+    for rows, figures in bench_retrieve(load_settings(), squad, sizes, queries).items():
         click.echo(f"{rows} chunks: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 

@@ -43,8 +43,8 @@ class Gateway:
         check_worker_socket(settings)
         self.retriever = Retriever(settings)
         self.llm  # resolves the dependency: its url is set from here on
-        key = settings.api_key.get_secret_value() if settings.api_key else None
         self.llm_http = dependency_client(type(self).llm.url, settings.request_timeout_s)
+        key = settings.api_key_value
         gateway_app.state.llm = Relay(self.llm_http, "the model service", headers={"Authorization": f"Bearer {key}"} if key else None)
         gateway_app.state.retriever = self.retriever
 

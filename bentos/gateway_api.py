@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .completions import completion, completion_chunks
-from .http_common import APIError, app_state, openai_app, parse_body, read_json
+from .http_common import APIError, add_not_found_route, app_state, openai_app, parse_body, read_json
 from .llm_api import prepare_chat
 from .prompting import NOT_FOUND, last_user_text, with_sources
 from .relay import SSE_HEADERS, Relay, UpstreamError, sse, sse_events
@@ -42,16 +42,15 @@ def citations(hits: list[Hit]) -> list[dict]:
 def create_gateway_app(settings: Settings) -> FastAPI:
     """Mounted at /v1; ``app.state.retriever`` and ``app.state.llm`` are set when the service starts."""
     app = openai_app(settings, "ragserve gateway", "Retrieval-augmented, OpenAI-compatible chat.", "bentos.access.gateway")
-    state = app_state
 
     async def retrieve(request: Request, query: str, k: int):
-        retriever: Retriever = state(request, "retriever")
+        retriever: Retriever = app_state(request, "retriever")
         # Embedding and search are CPU work: off the event loop, so streams keep flowing.
         return await anyio.to_thread.run_sync(retriever.retrieve, query, k)
 
     @app.get("/models")
     async def list_models(request: Request) -> Response:
-        return await state(request, "llm").forward("GET", "/v1/models")
+        return await app_state(request, "llm").forward("GET", "/v1/models")
 
     @app.post("/retrieve", response_model=RetrieveResponse)
     async def retrieve_route(request: Request) -> RetrieveResponse:
@@ -83,7 +82,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
                 return JSONResponse(completion(settings.model_name, NOT_FOUND, citations=[]))
             payload["messages"] = with_sources(payload["messages"], hits)
         # else: nothing published yet (a fresh `make serve`): plain chat, with empty citations.
-        llm: Relay = state(request, "llm")
+        llm: Relay = app_state(request, "llm")
         cites = citations(hits)
         if not req.stream:
             r = await llm.request("POST", "/v1/chat/completions", payload)
@@ -108,8 +107,5 @@ def create_gateway_app(settings: Settings) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    async def unknown(request: Request, path: str) -> Response:
-        raise APIError(404, f"no route {request.method} /v1/{path}; this service answers GET /v1/models, POST /v1/chat/completions and POST /v1/retrieve", "not_found")
-
+    add_not_found_route(app)
     return app

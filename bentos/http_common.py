@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .logs import AccessLog
 from .schemas import ErrorDetail, ErrorResponse
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -99,22 +103,28 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        import logging
-
-        logging.getLogger(__name__).exception("unhandled error")
+        log.exception("unhandled error")
         return error_response(500, f"internal error ({type(exc).__name__}); see the server log", "internal_error")
 
 
 def openai_app(settings, title: str, description: str, access_logger: str) -> FastAPI:
     """A FastAPI app for a /v1 mount: OpenAI-shaped errors, bearer auth, and the access log
     outermost (so 401s are logged too)."""
-    from .logs import AccessLog
-
     app = FastAPI(title=title, description=description)
     install_error_handlers(app)
-    app.add_middleware(BearerAuth, api_key=settings.api_key.get_secret_value() if settings.api_key else None)
+    app.add_middleware(BearerAuth, api_key=settings.api_key_value)
     app.add_middleware(AccessLog, logger_name=access_logger)
     return app
+
+
+def add_not_found_route(app: FastAPI) -> None:
+    """Register last. BentoML's outer router answers unknown paths under the mount with plain
+    text; this keeps them in OpenAI's shape and lists what the app does answer."""
+    answers = ", ".join(f"{'/'.join(sorted(r.methods))} /v1{r.path}" for r in app.routes if getattr(r, "include_in_schema", False) and getattr(r, "methods", None))
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown(request: Request, path: str) -> None:
+        raise APIError(404, f"no route {request.method} /v1/{path}; this service answers {answers}", "not_found")
 
 
 def app_state(request: Request, name: str) -> Any:

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from .engine import Engine
-from .http_common import APIError, app_state, openai_app, parse_body, read_json
+from .http_common import APIError, add_not_found_route, app_state, openai_app, parse_body, read_json
 from .relay import Relay, http_client
 from .schemas import ChatCompletionRequest
 from .settings import Settings
@@ -62,9 +62,5 @@ def create_app(settings: Settings) -> FastAPI:
             return await client.stream("/v1/chat/completions", payload)
         return await client.forward("POST", "/v1/chat/completions", payload)
 
-    # BentoML's outer router answers unknown paths with plain text; keep them in OpenAI's shape.
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    async def unknown(request: Request, path: str) -> Response:
-        raise APIError(404, f"no route {request.method} /v1/{path}; this service answers GET /v1/models and POST /v1/chat/completions", "not_found")
-
+    add_not_found_route(app)
     return app

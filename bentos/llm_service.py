@@ -27,15 +27,14 @@ class LLM:
         self.engine = Engine(settings, resolve_model(settings))
         self.engine.start()
         self.client = engine_relay(self.engine, settings)
-        self.probe = httpx.AsyncClient()
         openai_app.state.engine = self.client
 
     async def __is_ready__(self) -> bool:
-        return await self.engine.is_ready(self.probe)
+        return await self.engine.is_ready(self.client.http)
 
     async def __metrics__(self, content: str) -> str:
         try:
-            r = await self.probe.get(f"{self.engine.base_url}/metrics", timeout=5)
+            r = await self.client.http.get("/metrics", timeout=5)
             return content + only_engine_metrics(r.text)
         except httpx.HTTPError:
             return content  # engine down or starting: /readyz says so; metrics still answer
@@ -44,4 +43,3 @@ class LLM:
     async def shutdown(self) -> None:
         self.engine.stop()
         await self.client.http.aclose()
-        await self.probe.aclose()

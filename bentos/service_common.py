@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 
+from .logs import setup_service_logging
 from .settings import Settings, get_settings
 
 
@@ -14,8 +15,6 @@ def service_settings() -> Settings:
     """The settings a service module starts with: the bind address checked at import, so
     `bentoml serve` stops at once (BentoML respawns a worker that fails later forever), and
     our JSON logging set up."""
-    from .logs import setup_service_logging
-
     settings = get_settings()
     settings.check_bind(requested_host(settings))
     setup_service_logging(settings.log_level)

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
         return self.model.rstrip("/").rsplit("/", 1)[-1]
 
     @property
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
+
+    @property
     def models_dir(self) -> Path:
         return self.cache_dir / "models"
 

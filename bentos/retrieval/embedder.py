@@ -41,3 +41,7 @@ class Embedder:
 @lru_cache(maxsize=4)
 def get_embedder(name: str = EMBEDDED_EMBEDDER, threads: int = 1) -> Embedder:
     return Embedder(name, threads)
+
+
+def embedder_for(settings) -> Embedder:
+    return get_embedder(settings.embed_model, settings.embed_threads)

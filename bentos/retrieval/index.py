@@ -45,6 +45,10 @@ class ChunkingConfig:
     max_words: int = 200
     overlap_words: int = 30
 
+    @classmethod
+    def from_settings(cls, settings) -> "ChunkingConfig":
+        return cls(settings.chunk_max_words, settings.chunk_overlap_words)
+
     def salt(self, embedder_name: str) -> str:
         return f"chunks:{self.max_words}/{self.overlap_words};embedder:{embedder_name}"
 
@@ -85,6 +89,19 @@ def search_text(chunk: Chunk) -> str:
     return f"{chunk.title}\n\n{chunk.text}" if chunk.title else chunk.text
 
 
+def tag_version(table, tag: str) -> int | None:
+    try:
+        return table.tags.get_version(tag)
+    except Exception:  # LanceDB raises when the tag does not exist
+        return None
+
+
+def publications_of(table) -> list[tuple[int, int]]:
+    """(sequence number, table version) of every publication still on record, oldest first."""
+    tags = table.tags.list().items()
+    return sorted((int(name[len(PUBLICATION_PREFIX):]), tag["version"]) for name, tag in tags if name.startswith(PUBLICATION_PREFIX))
+
+
 def sql_in(column: str, values: list[str]) -> str:
     quoted = ",".join("'" + v.replace("'", "''") + "'" for v in values)
     return f"{column} IN ({quoted})"
@@ -104,20 +121,11 @@ class IndexStore:
 
     def published_version(self) -> int | None:
         t = self.table()
-        if t is None:
-            return None
-        try:
-            return t.tags.get_version(PUBLISHED)
-        except Exception:
-            return None
+        return None if t is None else tag_version(t, PUBLISHED)
 
     def publications(self) -> list[tuple[int, int]]:
-        """(sequence number, table version) of every publication still on record, oldest first."""
         t = self.table()
-        if t is None:
-            return []
-        pubs = [(int(name[len(PUBLICATION_PREFIX):]), tag["version"]) for name, tag in t.tags.list().items() if name.startswith(PUBLICATION_PREFIX)]
-        return sorted(pubs)
+        return [] if t is None else publications_of(t)
 
     # --- writing ---------------------------------------------------------------------------
     @contextmanager
@@ -141,7 +149,7 @@ class IndexStore:
         t = self.table()
         if t is None:
             return None
-        published = self.published_version()
+        published = tag_version(t, PUBLISHED)
         if published is None:  # never published: nothing anyone reads, start over
             self.db.drop_table(TABLE)
             return None
@@ -177,7 +185,7 @@ class IndexStore:
             summary.docs_added = len(fresh) - summary.docs_updated
             summary.docs_unchanged = len(wanted) - len(fresh)
             if table is not None and not stale and not fresh:
-                summary.version = self.published_version()
+                summary.version = tag_version(table, PUBLISHED)
                 summary.chunks_total = table.count_rows()
                 summary.seconds = time.perf_counter() - t0
                 return summary
@@ -252,10 +260,10 @@ class IndexStore:
 
     def _publish(self, table) -> int:
         version = table.version
-        pubs = self.publications()
+        pubs = publications_of(table)
         seq = (pubs[-1][0] + 1) if pubs else 1
         table.tags.create(f"{PUBLICATION_PREFIX}{seq:06d}", version)
-        if self.published_version() is None:
+        if tag_version(table, PUBLISHED) is None:
             table.tags.create(PUBLISHED, version)
         else:
             table.tags.update(PUBLISHED, version)  # the one step readers see
@@ -265,12 +273,12 @@ class IndexStore:
     def rollback(self) -> int:
         """Publish the previous publication again; the rolled-back one is forgotten."""
         with self.writer_lock():
-            pubs = self.publications()
-            current = self.published_version()
+            table = self.table()
+            current = None if table is None else tag_version(table, PUBLISHED)
+            pubs = [] if table is None else publications_of(table)
             earlier = [(seq, v) for seq, v in pubs if v != current]
             if current is None or not earlier:
                 raise IndexStoreError("nothing to roll back to: there is no earlier published version")
-            table = self.table()
             seq, version = earlier[-1]
             table.tags.update(PUBLISHED, version)
             for s, v in pubs:
@@ -285,33 +293,40 @@ class IndexReader:
     def __init__(self, db_path: str | Path, refresh_s: float = 1.0):
         self.path = Path(db_path)
         self.refresh_s = refresh_s
-        self._table = None
-        self.version: int | None = None
+        self._db = None
+        self._snapshot: tuple[object | None, int | None] = (None, None)
         self._checked = 0.0
         self._lock = threading.Lock()
 
-    def current(self):
+    def snapshot(self) -> tuple[object | None, int | None]:
+        """(table checked out at the published version, that version), taken together so a
+        search is never labelled with a version it did not read; (None, None) before any."""
         now = time.monotonic()
         if now - self._checked >= self.refresh_s:
             with self._lock:
                 if now - self._checked >= self.refresh_s:
                     self._follow()
                     self._checked = now
-        return self._table
+        return self._snapshot
+
+    def current(self):
+        return self.snapshot()[0]
 
     def _follow(self) -> None:
         try:
-            db = lancedb.connect(str(self.path))
-            if TABLE not in db.list_tables().tables:
-                self._table, self.version = None, None
+            self._db = self._db or lancedb.connect(str(self.path))
+            if TABLE not in self._db.list_tables().tables:
+                self._snapshot = (None, None)
                 return
-            table = db.open_table(TABLE)
-            version = table.tags.get_version(PUBLISHED)
-        except Exception as e:  # a missing tag or folder means nothing published yet
+            table = self._db.open_table(TABLE)
+            version = tag_version(table, PUBLISHED)
+        except Exception as e:  # a missing folder means nothing published yet
             log.debug("no published index at %s: %s", self.path, e)
-            self._table, self.version = None, None
+            self._snapshot = (None, None)
             return
-        if version != self.version:
+        if version is None:
+            self._snapshot = (None, None)
+        elif version != self._snapshot[1]:
             table.checkout(version)
-            self._table, self.version = table, version  # swapped in one assignment: no mixed reads
+            self._snapshot = (table, version)  # swapped in one assignment: no mixed reads
             log.info("following published index version %d", version)

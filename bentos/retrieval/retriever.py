@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..settings import Settings
-from .embedder import get_embedder
+from .embedder import embedder_for
 from .index import IndexReader
 from .search import Hit, SearchConfig, hybrid_search
 
@@ -23,7 +23,7 @@ class Retrieval:
 class Retriever:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.embedder = get_embedder(settings.embed_model, settings.embed_threads)
+        self.embedder = embedder_for(settings)
         self.reader = IndexReader(settings.db, refresh_s=settings.index_refresh_s)
         self.cfg = SearchConfig(candidates=settings.search_candidates, fts_weight=settings.fts_weight)
 
@@ -33,7 +33,7 @@ class Retriever:
         return hit.keyword_match or hit.similarity >= self.settings.min_similarity
 
     def retrieve(self, query: str, k: int) -> Retrieval:
-        table = self.reader.current()
+        table, version = self.reader.snapshot()
         if table is None:
             return Retrieval([], None, 0.0, 0.0)
         t0 = time.perf_counter()
@@ -41,4 +41,4 @@ class Retriever:
         t1 = time.perf_counter()
         hits = hybrid_search(table, vector, query, k, self.cfg)
         t2 = time.perf_counter()
-        return Retrieval(hits, self.reader.version, (t1 - t0) * 1000, (t2 - t1) * 1000, [h for h in hits if self.is_relevant(h)])
+        return Retrieval(hits, version, (t1 - t0) * 1000, (t2 - t1) * 1000, [h for h in hits if self.is_relevant(h)])
