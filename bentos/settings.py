@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_MODEL = "embedded"
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout, or a Bento's src folder
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
 
@@ -96,6 +97,13 @@ class Settings(BaseSettings):
     ann_min_rows: int = Field(50_000, ge=1, description="Build an ANN vector index once the table has this many chunks.")
     index_refresh_s: float = Field(1.0, gt=0, description="How often a server checks for a newly published index.")
 
+    # --- guardrails -------------------------------------------------------------------
+    guardrails: bool = Field(True, description="Run the NeMo Guardrails rails on input, retrieved chunks and output.")
+    guardrails_config: Path = Field(PROJECT_DIR / "guardrails", description="NeMo Guardrails config folder (config.yml, Colang flows, actions).")
+    guard_classifier: Path | None = Field(None, description="Trained prompt classifier; default <guardrails_config>/model/prompt_classifier.npz.")
+    guard_self_check: bool = Field(False, description="Also ask the served model to judge input and output (one LLM call each): for GPU deployments with a capable model.")
+    log_prompts: bool = Field(False, description="Model service logs the messages it sends to the engine (after masking): an audit of what the model receives.")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Level of the services' JSON logs.")
 
     # --- paths --------------------------------------------------------------------------
@@ -144,6 +152,10 @@ class Settings(BaseSettings):
     @property
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
+
+    @property
+    def classifier_path(self) -> Path:
+        return self.guard_classifier or self.guardrails_config / "model" / "prompt_classifier.npz"
 
     @property
     def models_dir(self) -> Path:

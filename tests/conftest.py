@@ -23,6 +23,19 @@ os.environ.update(OFFLINE_ENV)
 START_TIMEOUT_S = float(os.environ.get("RAGSERVE_TEST_START_TIMEOUT_S", "900"))
 
 
+def log_lines(path: Path, needle: str, timeout_s: float = 5.0) -> list[dict]:
+    """The JSON log lines of a served stack that contain ``needle`` (waiting for them to be written)."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{") and needle in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
+
+
 @dataclass
 class ServedStack:
     url: str
@@ -70,6 +83,7 @@ def start_stack(tmp_path, env_extra: dict[str, str] | None = None) -> ServedStac
 def stack(tmp_path_factory) -> ServedStack:
     from bentos import launch
 
-    s = start_stack(tmp_path_factory.mktemp("stack"))
+    # The prompt audit log shows what the model received (tests/test_guardrails.py reads it).
+    s = start_stack(tmp_path_factory.mktemp("stack"), {"RAGSERVE_LOG_PROMPTS": "true"})
     yield s
     launch.stop(s.launched)

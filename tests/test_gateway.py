@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
@@ -11,7 +10,7 @@ import pytest
 
 from bentos.prompting import NOT_FOUND
 
-from conftest import CORPUS, build_index
+from conftest import CORPUS, build_index, log_lines
 
 pytestmark = pytest.mark.stack
 
@@ -110,12 +109,7 @@ def test_structured_logs_carry_request_id_and_no_query_text(stack):
                    headers={"Authorization": f"Bearer {stack.api_key}", "X-Request-ID": rid})
     assert r.headers["x-request-id"] == rid
     assert len(httpx.get(f"{stack.url}/v1/models").headers["x-request-id"]) == 32  # one is made up if absent
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = [json.loads(l) for l in stack.launched.log_path.read_text().splitlines() if l.startswith("{") and rid in l]
-        if lines:
-            break
-        time.sleep(0.2)
+    lines = log_lines(stack.launched.log_path, rid)
     access = [l for l in lines if l["msg"] == "request"]
     assert access and access[0]["status"] == 200 and access[0]["path"] == "/v1/retrieve" and access[0]["ms"] > 0
     assert secret not in stack.launched.log_path.read_text()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..settings import Settings
 from .embedder import embedder_for
 from .index import IndexReader
@@ -32,12 +34,17 @@ class Retriever:
         the answer says nothing was found instead of letting the model invent one."""
         return hit.keyword_match or hit.similarity >= self.settings.min_similarity
 
-    def retrieve(self, query: str, k: int) -> Retrieval:
+    def embed(self, query: str) -> np.ndarray:
+        return self.embedder.embed([query])[0]
+
+    def retrieve(self, query: str, k: int, vector: np.ndarray | None = None) -> Retrieval:
+        """``vector``: the query's embedding when the caller has it already (the input rail does)."""
         table, version = self.reader.snapshot()
         if table is None:
             return Retrieval([], None, 0.0, 0.0)
         t0 = time.perf_counter()
-        vector = self.embedder.embed([query])[0]
+        if vector is None:
+            vector = self.embed(query)
         t1 = time.perf_counter()
         hits = hybrid_search(table, vector, query, k, self.cfg)
         t2 = time.perf_counter()

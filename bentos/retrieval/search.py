@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-COLUMNS = ["chunk_id", "doc_id", "source", "title", "text", "metadata"]
+COLUMNS = ["chunk_id", "doc_id", "source", "title", "text", "metadata", "vector"]  # vector: for the retrieval rail
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Hit:
     metadata: dict
     similarity: float  # cosine similarity to the query; 0 when only full-text search found it
     keyword_match: bool
+    vector: np.ndarray | None = None
 
 
 @dataclass
@@ -80,10 +81,11 @@ def hybrid_search(table, vector: np.ndarray, query: str, k: int, cfg: SearchConf
     hits = []
     for cid in sorted(fused, key=fused.__getitem__, reverse=True)[:k]:
         source, row = where[cid]
-        r = {c: source.column(c)[row].as_py() for c in COLUMNS}
+        r = {c: source.column(c)[row].as_py() for c in COLUMNS if c != "vector"}
         hits.append(Hit(
             chunk_id=cid, doc_id=r["doc_id"], source=r["source"], title=r["title"], text=r["text"],
             score=round(fused[cid], 4), metadata=json.loads(r["metadata"] or "{}"),
             similarity=round(similarity.get(cid, 0.0), 4), keyword_match=cid in keyword,
+            vector=source.column("vector")[row].values.to_numpy(zero_copy_only=False),
         ))
     return hits
