@@ -139,3 +139,31 @@ def test_rules_leave_dangerous_sounding_benign_text_alone(text):
     from bentos.guard import rules
 
     assert rules.harmful_match(text) is None and rules.injection_match(text) is None
+
+
+def test_self_check_rails_follow_the_judges_answer_and_see_only_masked_text(embed):
+    """The judge is the served model in production (Gateway.ask_model); SmolLM2-135M cannot judge,
+    so here it is a function whose answer we choose: this checks the flows' wiring, not a model."""
+    asked: list[str] = []
+    verdict = {"answer": "No."}
+
+    async def judge(prompt: str) -> str:
+        asked.append(prompt)
+        return verdict["answer"]
+
+    g = Guard(Settings(guard_self_check=True), judge)
+    text = "Send the invoice to john.doe@example.com please"
+    assert run(g.check_input(text, embed(text))).blocked_by is None
+    assert "<EMAIL>" in asked[-1] and "john.doe@example.com" not in asked[-1]
+    assert run(g.check_output("Done [1].", ["a.md"])).blocked_by is None
+    verdict["answer"] = "Yes, refuse."
+    assert run(g.check_input(text, embed(text))).blocked_by == "self_check_input"
+    assert run(g.check_output("Done [1].", ["a.md"])).blocked_by == "self_check_output"
+    verdict["answer"] = None  # a broken judge: the rail cannot decide, so it refuses
+    assert run(g.check_input(text, embed(text))).blocked_by == "input_rails_error"
+
+
+def test_self_check_is_off_by_default():
+    assert Settings().guard_self_check is False
+    with pytest.raises(ValueError, match="needs a model"):
+        Guard(Settings(guard_self_check=True))
