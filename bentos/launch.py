@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,14 +47,25 @@ def wait_ready(launched: Launched, probe: str, timeout_s: float) -> Launched:
     raise RuntimeError(f"server not ready after {timeout_s:.0f} s:\n{launched.log_tail()}")
 
 
-def start_bento(port: int, env: dict[str, str], log_path: Path, timeout_s: float = 900) -> Launched:
-    """`bentoml serve .` from the repository root; returns once /readyz answers 200."""
+def start_bento(port: int, env: dict[str, str], log_path: Path, timeout_s: float = 900, host: str | None = None, echo: bool = False) -> Launched:
+    """`bentoml serve .` from the repository root; returns once /readyz answers 200. With
+    ``echo`` the server's output also goes to our stdout (where Modal collects container logs)."""
+    cmd = [str(BIN / "bentoml"), "serve", ".", "--port", str(port), *(["--host", host] if host else [])]
     log = open(log_path, "ab")
     proc = subprocess.Popen(
-        [str(BIN / "bentoml"), "serve", ".", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    if echo:
+        threading.Thread(target=_tee, args=(proc.stdout, log), daemon=True).start()
     return wait_ready(Launched(proc, f"http://127.0.0.1:{port}", log_path), "/readyz", timeout_s)
+
+
+def _tee(pipe, log) -> None:
+    for line in iter(pipe.readline, b""):
+        log.write(line)
+        log.flush()
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
 
 
 def stop(launched: Launched, grace_s: float = 60) -> None:

@@ -108,6 +108,7 @@ class Settings(BaseSettings):
 
     # --- paths --------------------------------------------------------------------------
     cache_dir: Path = Field(default_factory=default_cache_dir)
+    models_path: Path | None = Field(None, description="Where prepared models live; default <cache_dir>/models (on Modal: the weights Volume).")
 
     @field_validator("api_key")
     @classmethod
@@ -159,7 +160,7 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        return self.cache_dir / "models"
+        return self.models_path or self.cache_dir / "models"
 
 
 @lru_cache(maxsize=1)

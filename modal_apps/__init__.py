@@ -1,0 +1,1 @@
+"""Modal apps: `serve.py` (the GPU endpoint) and `reindex.py` (the scheduled re-index job)."""
