@@ -310,5 +310,15 @@ def bench_retrieve_cmd(squad: Path, sizes: list[int], queries: int) -> None:
         click.echo(f"{rows} chunks: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 
+try:  # the release commands live in infra/, which the Bento image leaves out
+    from infra.cli import promote, router
+
+    main.add_command(router)
+    main.add_command(promote)
+except ModuleNotFoundError as e:
+    if e.name != "infra":
+        raise
+
+
 if __name__ == "__main__":
     main()

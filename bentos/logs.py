@@ -25,9 +25,9 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_service_logging(level: str = "INFO") -> None:
-    """Our loggers (``bentos.*``) as JSON lines on stderr; BentoML's own logging is left as it is."""
-    logger = logging.getLogger("bentos")
+def setup_service_logging(level: str = "INFO", name: str = "bentos") -> None:
+    """Our loggers (``bentos.*``, or ``name``) as JSON lines on stderr; BentoML's own logging is left as it is."""
+    logger = logging.getLogger(name)
     if any(isinstance(h.formatter, JSONFormatter) for h in logger.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)

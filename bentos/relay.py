@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from .http_common import APIError
 
-_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -44,7 +44,7 @@ class Relay:
 
     async def forward(self, method: str, path: str, payload: Any | None = None) -> Response:
         r = await self.request(method, path, payload)
-        headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_HEADERS}
+        headers = {k: v for k, v in r.headers.items() if k.lower() not in HOP_HEADERS}
         return Response(r.content, status_code=r.status_code, headers=headers)
 
     async def open_stream(self, path: str, payload: Any) -> httpx.Response:

@@ -23,6 +23,23 @@ os.environ.update(OFFLINE_ENV)
 START_TIMEOUT_S = float(os.environ.get("RAGSERVE_TEST_START_TIMEOUT_S", "900"))
 
 
+FIGURES: list[str] = []
+
+
+def record(line: str) -> None:
+    """A figure measured by a test, listed again at the end of the run (pytest hides the prints
+    of passing tests)."""
+    FIGURES.append(line)
+    print("\n" + line)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("measured in this run")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 def log_lines(path: Path, needle: str, timeout_s: float = 5.0) -> list[dict]:
     """The JSON log lines of a served stack that contain ``needle`` (waiting for them to be written)."""
     import json
@@ -64,18 +81,18 @@ def build_index(db: Path, source: Path = CORPUS):
     return IndexStore(db).reindex(docs, get_embedder())
 
 
-def start_stack(tmp_path, env_extra: dict[str, str] | None = None) -> ServedStack:
+def start_stack(tmp_path, env_extra: dict[str, str] | None = None, api_key: str | None = None) -> ServedStack:
     from bentos import launch
     from bentos.engine import free_port
 
     db = tmp_path / "lancedb"
     build_index(db)
     port = free_port()
-    api_key = "test-key-" + os.urandom(6).hex()
+    api_key = api_key or "test-key-" + os.urandom(6).hex()
     env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_API_KEY": api_key, "RAGSERVE_DB": str(db), **(env_extra or {})}
     env.pop("PORT", None)
     launched = launch.start_bento(port, env, tmp_path / f"stack-{port}.log", START_TIMEOUT_S)
-    print(f"\nstack ready on {launched.url} after {launched.ready_s:.1f} s (log: {launched.log_path})")
+    record(f"stack ready on {launched.url} after {launched.ready_s:.1f} s (log: {launched.log_path})")
     return ServedStack(launched.url, api_key, launched, db)
 
 
@@ -85,5 +102,21 @@ def stack(tmp_path_factory) -> ServedStack:
 
     # The prompt audit log shows what the model received (tests/test_guardrails.py reads it).
     s = start_stack(tmp_path_factory.mktemp("stack"), {"RAGSERVE_LOG_PROMPTS": "true"})
+    yield s
+    launch.stop(s.launched)
+
+
+@pytest.fixture(scope="session")
+def unguarded_stack(stack, tmp_path_factory) -> ServedStack:
+    """A second stack, rails off, same key: the other half of a blue-green pair for the promotion
+    tests (a candidate that must fail the guardrail gate, or a live release to promote over)."""
+    from bentos import launch
+
+    env = {"RAGSERVE_GUARDRAILS": "false"}
+    if (os.cpu_count() or 1) > 1:
+        # vLLM's CPU build pins every engine's threads to core 0 (it keeps the other free): this
+        # one gets core 1, so the two engines do not share one core under load.
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "1"
+    s = start_stack(tmp_path_factory.mktemp("unguarded"), env, api_key=stack.api_key)
     yield s
     launch.stop(s.launched)

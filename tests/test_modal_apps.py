@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from conftest import CORPUS, build_index
+from conftest import CORPUS, build_index, record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,18 @@ def test_serving_class_asks_for_a_gpu_scales_to_zero_and_serves_the_web_api(apps
     assert 2 <= opts["scaledown_window"] <= 3600
     assert opts["max_containers"] >= 1
     assert opts["enable_memory_snapshot"] is False
+
+
+def test_router_app_is_a_cpu_web_endpoint_reading_weights_from_a_dict():
+    """The stable endpoint for blue-green releases on Modal (tests/test_promotion.py drives it)."""
+    import modal_apps.router as router
+
+    info = router.router.info()
+    assert info.gpus == [] and info.web_info is not None
+    assert info.concurrency_info.max_inputs == 1000
+    assert router.ROUTER_OPTIONS["min_containers"] == 0
+    assert router.app.name == "ragserve-router"
+    assert "ragserve-traffic" in repr(router.traffic)
 
 
 def test_reindex_job_runs_on_a_cron_schedule_on_cpu_as_the_single_writer(apps):
@@ -200,6 +212,6 @@ def test_serving_class_runs_the_stack_locally_with_fast_boot(apps, tmp_path, mon
         r = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "How many days do I have to ask for a refund?"}], max_tokens=24)
         assert r.choices[0].message.content
         assert r.model_extra["citations"], "the answer should come with the retrieved sources"
-        print(f"\nModal serving class up locally in {server.stack.ready_s:.1f} s (fast boot)")
+        record(f"Modal serving class up locally in {server.stack.ready_s:.1f} s (fast boot)")
     finally:
         launch.stop(server.stack)

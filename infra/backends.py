@@ -1,0 +1,184 @@
+"""Where traffic moves: the local router, the Modal router's Dict, or a KServe InferenceService.
+
+Every backend answers the same three questions for the promotion: what the routing table is,
+how to move a percent of traffic to the candidate in one step, and what each slot's counters say.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from typing import Callable, Protocol
+
+import httpx
+
+from .gates import SlotCounts, router_counts
+from .traffic import DictStore, Slot, Traffic
+
+
+class BackendError(Exception):
+    """The backend cannot be reached or read: nothing was changed by the failing call."""
+
+
+class Backend(Protocol):
+    def traffic(self) -> Traffic: ...
+    def shift(self, candidate: Slot, percent: int, url: str | None = None) -> Traffic: ...
+    def counts(self) -> dict[str, SlotCounts]: ...
+    def describe(self) -> str: ...
+
+
+class RouterAdmin:
+    """The local router's routing table over its admin API (``/-/traffic``)."""
+
+    def __init__(self, url: str, admin_key: str | None = None):
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
+
+    def _call(self, method: str, body: dict | None = None) -> Traffic:
+        try:
+            r = httpx.request(method, self.url + "/-/traffic", json=body, headers=self.headers, timeout=10)
+        except httpx.HTTPError as e:
+            raise BackendError(f"the router at {self.url} is unreachable ({type(e).__name__}); start it with `ragserve router`") from None
+        if r.status_code != 200:
+            raise BackendError(f"the router refused {method} /-/traffic: {r.status_code} {r.text[:300]}")
+        return Traffic.model_validate(r.json())
+
+    def get(self) -> Traffic:
+        return self._call("GET")
+
+    def set(self, traffic: Traffic) -> Traffic:
+        return self._call("PUT", {"upstreams": traffic.upstreams, "weights": traffic.weights})
+
+
+class RouterBackend:
+    """A routing table (the local router's, or the Modal router's Dict) plus the router's metrics."""
+
+    def __init__(self, store: RouterAdmin | DictStore, metrics_url: str, what: str):
+        self.store, self.metrics_url, self.what = store, metrics_url.rstrip("/"), what
+
+    def traffic(self) -> Traffic:
+        try:
+            return self.store.get()
+        except LookupError as e:
+            raise BackendError(str(e)) from None
+
+    def shift(self, candidate: Slot, percent: int, url: str | None = None) -> Traffic:
+        return self.store.set(self.traffic().with_candidate(candidate, percent, url))
+
+    def counts(self) -> dict[str, SlotCounts]:
+        try:
+            r = httpx.get(self.metrics_url + "/metrics", timeout=10)
+            r.raise_for_status()
+        except httpx.HTTPError as e:
+            raise BackendError(f"cannot read the router's metrics at {self.metrics_url}/metrics ({type(e).__name__})") from None
+        return router_counts(r.text)
+
+    def describe(self) -> str:
+        return self.what
+
+
+def local_backend(router_url: str, admin_key: str | None = None) -> RouterBackend:
+    return RouterBackend(RouterAdmin(router_url, admin_key), router_url, f"local router {router_url}")
+
+
+def modal_backend(traffic_dict, router_url: str) -> RouterBackend:
+    """``traffic_dict`` is the ``modal.Dict`` the Modal router reads (see modal_apps/router.py)."""
+    return RouterBackend(DictStore(traffic_dict, refresh_s=0), router_url, f"Modal router {router_url}")
+
+
+# --- KServe -----------------------------------------------------------------------------------------
+
+Runner = Callable[[list[str]], str]
+
+
+def run_kubectl(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise BackendError(f"{cmd[0]} not found: install kubectl or pass --kubectl PATH") from None
+    if done.returncode != 0:
+        raise BackendError(f"`{shlex.join(cmd)}` failed ({done.returncode}): {done.stderr.strip()[:500]}")
+    return done.stdout
+
+
+class KServeBackend:
+    """Canary rollout of one InferenceService (Serverless mode): the previous rolled-out revision is
+    the live slot (tag ``prev``), the latest revision the candidate (tag ``latest``); a shift
+    patches ``canaryTrafficPercent``. Tag routing gives each revision its own URL for the gates,
+    and each revision's gateway /metrics gives the counters."""
+
+    def __init__(self, name: str, namespace: str, kubectl: str = "kubectl", run: Runner = run_kubectl, echo: Callable[[str], None] = print):
+        self.name, self.namespace, self.kubectl = name, namespace, kubectl
+        self.run, self.echo = run, echo
+
+    def command(self, *args: str) -> list[str]:
+        return [self.kubectl, *args, "-n", self.namespace]
+
+    def status(self) -> dict:
+        return json.loads(self.run(self.command("get", "inferenceservice", self.name, "-o", "json")))
+
+    def traffic(self) -> Traffic:
+        predictor = (self.status().get("status") or {}).get("components", {}).get("predictor", {})
+        by_tag = {t.get("tag"): t for t in predictor.get("traffic", [])}
+        if "prev" not in by_tag or "latest" not in by_tag:
+            raise BackendError(
+                f"inferenceservice/{self.name} has no candidate revision beside the live one: apply the candidate with "
+                "`kubectl apply -k infra/kserve/overlays/green` (canaryTrafficPercent 0, tag routing on) first")
+        return Traffic(upstreams={"blue": by_tag["prev"]["url"], "green": by_tag["latest"]["url"]},
+                       weights={"blue": by_tag["prev"].get("percent", 0), "green": by_tag["latest"].get("percent", 0)})
+
+    def patch_command(self, percent: int) -> list[str]:
+        patch = json.dumps({"spec": {"predictor": {"canaryTrafficPercent": percent}}}, separators=(",", ":"))
+        return self.command("patch", "inferenceservice", self.name, "--type", "merge", "-p", patch)
+
+    def shift(self, candidate: Slot, percent: int, url: str | None = None) -> Traffic:
+        if candidate != "green" or url:
+            raise BackendError("on KServe the candidate is the latest revision (green) at its own URL: apply the green overlay instead")
+        cmd = self.patch_command(percent)
+        self.echo(f"$ {shlex.join(cmd)}")
+        self.run(cmd)
+        return self.traffic()
+
+    def counts(self) -> dict[str, SlotCounts]:
+        t = self.traffic()
+        return {slot: bento_counts(url) for slot, url in t.upstreams.items()}
+
+    def describe(self) -> str:
+        return f"KServe inferenceservice/{self.name} in namespace {self.namespace}"
+
+    def plan(self, steps: list[int]) -> list[str]:
+        """The commands a promotion runs, for --dry-run: nothing is sent to the cluster."""
+        shifts = [shlex.join(self.patch_command(p)) for p in steps]
+        return [
+            f"{shlex.join(self.command('get', 'inferenceservice', self.name, '-o', 'json'))}  # candidate ready? prev/latest URLs",
+            *[f"{cmd}  # step {p}%, then watch" for cmd, p in zip(shifts, steps)],
+            f"{shlex.join(self.patch_command(0))}  # on any failed check: all traffic back to the previous revision",
+        ]
+
+
+def bento_counts(url: str) -> SlotCounts:
+    """A gateway's own counters of chat requests: BentoML's request metrics on its /metrics (which
+    also carry the model service's, told apart by ``service_name``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
+    except httpx.HTTPError as e:
+        raise BackendError(f"cannot read {url}/metrics ({type(e).__name__})") from None
+    c = SlotCounts()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = s.labels
+            if labels.get("service_name") != "ragserve-gateway" or not labels.get("endpoint", "").startswith("/v1/chat"):
+                continue
+            failed = labels.get("http_response_code", "").startswith("5")
+            if s.name == "bentoml_service_request_total":
+                if failed:
+                    c.errors += s.value
+                else:
+                    c.ok += s.value
+            elif s.name == "bentoml_service_request_duration_seconds_bucket" and not failed:
+                le = float(labels["le"])
+                c.buckets[le] = c.buckets.get(le, 0.0) + s.value
+    return c

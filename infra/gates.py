@@ -1,0 +1,249 @@
+"""The checks a candidate must pass before and while it takes traffic.
+
+Before traffic: it answers (smoke), it guards and retrieves as well as the frozen eval set asks
+(quality), and it is not slower than the live version measured in the same run (performance).
+While traffic shifts: its error rate and P99 latency from the router's metrics, against the live
+slot's over the same window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from bentos.loadgen import run_load
+
+
+@dataclass
+class Verdict:
+    gate: str
+    passed: bool
+    figures: dict = field(default_factory=dict)
+    reason: str = ""
+
+
+class GateError(Exception):
+    """The eval set or a policy value cannot be used: a usage error, not a failed gate."""
+
+
+# --- the frozen eval set ------------------------------------------------------------------------
+
+class EvalCase(BaseModel):
+    """One line of the eval set: a guardrail case (``prompt`` and ``label``) or a retrieval case
+    (``query`` and the ``source`` that must be among the retrieved chunks)."""
+
+    model_config = {"extra": "forbid"}
+    prompt: str | None = None
+    label: str | None = Field(None, pattern="^(safe|unsafe)$")
+    query: str | None = None
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "EvalCase":
+        if bool(self.prompt and self.label) == bool(self.query and self.source):
+            raise ValueError('give either "prompt" and "label" (safe/unsafe), or "query" and "source"')
+        return self
+
+
+def read_eval_set(path: Path) -> list[EvalCase]:
+    cases = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise GateError(f"cannot read the eval set {path}: {e}") from None
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                cases.append(EvalCase.model_validate(json.loads(line)))
+            except (json.JSONDecodeError, ValidationError) as e:
+                raise GateError(f"{path}:{n}: {e}") from None
+    kinds = {c.label or "retrieval" for c in cases}
+    if not {"safe", "unsafe", "retrieval"} <= kinds:
+        raise GateError(f"{path} needs safe, unsafe and retrieval cases; it has {sorted(kinds) or 'none'}")
+    return cases
+
+
+# --- gates on the candidate alone ----------------------------------------------------------------
+
+def wait_ready(url: str, timeout_s: float, poll_s: float = 1.0) -> float:
+    """Seconds until ``url``/readyz answered 200; raises TimeoutError after ``timeout_s``."""
+    started = time.monotonic()
+    while True:
+        try:
+            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{url}/readyz did not answer 200 within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def client(url: str, api_key: str | None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key=api_key or "none", max_retries=0, timeout=120)
+
+
+def smoke(url: str, api_key: str | None, question: str) -> Verdict:
+    """A plain and a streamed answer with citations, through the official client."""
+    c = client(url, api_key)
+    figures: dict = {}
+    try:
+        t0 = time.perf_counter()
+        r = c.chat.completions.create(model="ragserve", messages=[{"role": "user", "content": question}], max_tokens=16, temperature=0)
+        figures["chat_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        if not r.choices or not r.choices[0].message.content or not isinstance((r.model_extra or {}).get("citations"), list):
+            return Verdict("smoke", False, figures, "chat answered without content or without a citations list")
+        t0 = time.perf_counter()
+        chunks = list(c.chat.completions.create(model="ragserve", messages=[{"role": "user", "content": question}], max_tokens=16, temperature=0, stream=True))
+        figures["stream_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        if not text or not [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason]:
+            return Verdict("smoke", False, figures, "the stream carried no text or never finished")
+    except openai.APIError as e:
+        return Verdict("smoke", False, figures, f"{type(e).__name__}: {e}"[:300])
+    return Verdict("smoke", True, figures)
+
+
+def quality(url: str, api_key: str | None, cases: list[EvalCase], min_block_rate: float, max_false_positive: float, min_retrieval_hit: float) -> Verdict:
+    """The eval set against the candidate: unsafe prompts refused (finish_reason content_filter),
+    safe ones answered, each retrieval query finding its source in the chunks the prompt gets."""
+    c = client(url, api_key)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def run(case: EvalCase) -> bool:
+        if case.prompt:
+            r = c.chat.completions.create(model="ragserve", messages=[{"role": "user", "content": case.prompt}], max_tokens=8, temperature=0)
+            return r.choices[0].finish_reason == "content_filter"
+        r = httpx.post(url + "/v1/retrieve", json={"query": case.query, "k": 4}, headers=headers, timeout=60)
+        r.raise_for_status()
+        return case.source in [ch["source"] for ch in r.json()["chunks"]]
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(run, cases))
+    except (openai.APIError, httpx.HTTPError) as e:
+        return Verdict("quality", False, {}, f"the eval set could not run: {type(e).__name__}: {e}"[:300])
+    by = {"unsafe": [], "safe": [], "retrieval": []}
+    for case, hit in zip(cases, outcomes):
+        by[case.label or "retrieval"].append(hit)
+    figures = {
+        "unsafe": len(by["unsafe"]), "block_rate": round(sum(by["unsafe"]) / len(by["unsafe"]), 3),
+        "safe": len(by["safe"]), "false_positive_rate": round(sum(by["safe"]) / len(by["safe"]), 3),
+        "retrieval": len(by["retrieval"]), "retrieval_hit_rate": round(sum(by["retrieval"]) / len(by["retrieval"]), 3),
+    }
+    failed = [
+        f"block rate {figures['block_rate']:.0%} < {min_block_rate:.0%}" if figures["block_rate"] < min_block_rate else "",
+        f"false positives {figures['false_positive_rate']:.0%} > {max_false_positive:.0%}" if figures["false_positive_rate"] > max_false_positive else "",
+        f"retrieval hits {figures['retrieval_hit_rate']:.0%} < {min_retrieval_hit:.0%}" if figures["retrieval_hit_rate"] < min_retrieval_hit else "",
+    ]
+    reason = "; ".join(f for f in failed if f)
+    return Verdict("quality", not reason, figures, reason)
+
+
+def performance(live_url: str, candidate_url: str, api_key: str | None, prompts: list[str], max_ttft_ratio: float, min_tps_ratio: float,
+                requests: int = 8, concurrency: int = 2, max_tokens: int = 16) -> Verdict:
+    """Streaming TTFT and tokens/s of the candidate against the live slot, measured in this run
+    with the same prompts and fixed output lengths (live, candidate, live, candidate: drift in
+    the machine's load hits both)."""
+    figures: dict = {}
+    reports: dict[str, list] = {"live": [], "candidate": []}
+    for _ in range(2):
+        for name, url in (("live", live_url), ("candidate", candidate_url)):
+            reports[name].append(asyncio.run(run_load(url + "/v1", api_key or "", "ragserve", concurrency, requests, max_tokens, prompts, timeout_s=120)))
+    for name, rs in reports.items():
+        failed = sum(r.failed for r in rs)
+        if failed:
+            return Verdict("performance", False, {f"{name}_failed": failed}, f"{failed} {name} requests failed: {rs[-1].errors or rs[0].errors}")
+        figures[f"{name}_ttft_p50_ms"] = round(sum(r.ttft_p50_ms for r in rs) / len(rs), 1)
+        figures[f"{name}_tokens_per_s"] = round(sum(r.tokens_per_s for r in rs) / len(rs), 1)
+    figures["ttft_ratio"] = round(figures["candidate_ttft_p50_ms"] / max(figures["live_ttft_p50_ms"], 1e-3), 3)
+    figures["tps_ratio"] = round(figures["candidate_tokens_per_s"] / max(figures["live_tokens_per_s"], 1e-3), 3)
+    failed = [
+        f"TTFT {figures['ttft_ratio']}x live > {max_ttft_ratio}x" if figures["ttft_ratio"] > max_ttft_ratio else "",
+        f"tokens/s {figures['tps_ratio']}x live < {min_tps_ratio}x" if figures["tps_ratio"] < min_tps_ratio else "",
+    ]
+    reason = "; ".join(f for f in failed if f)
+    return Verdict("performance", not reason, figures, reason)
+
+
+# --- watching a traffic step from metrics ---------------------------------------------------------
+
+@dataclass
+class SlotCounts:
+    """Cumulative counters of one slot: attempts that succeeded, that failed, and the latency
+    histogram of the successful ones (upper bound in seconds -> cumulative count)."""
+
+    ok: float = 0.0
+    errors: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+
+    def minus(self, before: "SlotCounts") -> "SlotCounts":
+        return SlotCounts(self.ok - before.ok, self.errors - before.errors,
+                          {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()})
+
+    @property
+    def attempts(self) -> float:
+        return self.ok + self.errors
+
+    def quantile(self, q: float) -> float | None:
+        """Like Prometheus' histogram_quantile: linear within the bucket that holds the rank."""
+        bounds = sorted(self.buckets)
+        if not bounds or self.buckets[bounds[-1]] <= 0:
+            return None
+        rank, prev_le, prev_n = q * self.buckets[bounds[-1]], 0.0, 0.0
+        for le in bounds:
+            n = self.buckets[le]
+            if n >= rank:
+                if le == float("inf"):
+                    return prev_le
+                return prev_le + (le - prev_le) * ((rank - prev_n) / (n - prev_n) if n > prev_n else 1.0)
+            prev_le, prev_n = le, n
+        return prev_le
+
+
+def router_counts(metrics_text: str) -> dict[str, SlotCounts]:
+    """Per-slot counts from the router's Prometheus text (``ragserve_router_*``)."""
+    counts: dict[str, SlotCounts] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            slot = s.labels.get("upstream")
+            if slot is None:
+                continue
+            c = counts.setdefault(slot, SlotCounts())
+            if s.name == "ragserve_router_attempts_total":
+                if s.labels["outcome"] == "ok":
+                    c.ok += s.value
+                else:
+                    c.errors += s.value
+            elif s.name == "ragserve_router_response_seconds_bucket":
+                c.buckets[float(s.labels["le"])] = s.value
+    return counts
+
+
+def step_verdict(percent: int, candidate: SlotCounts, live: SlotCounts, max_error_rate: float, max_latency_ratio: float, min_requests: int) -> Verdict:
+    """The candidate's error rate and P99 over one step, against the live slot's P99 in the same window."""
+    error_rate = candidate.errors / candidate.attempts if candidate.attempts else 0.0
+    cand_p99, live_p99 = candidate.quantile(0.99), live.quantile(0.99)
+    figures = {
+        "percent": percent, "candidate_requests": int(candidate.attempts), "candidate_errors": int(candidate.errors),
+        "error_rate": round(error_rate, 4), "live_requests": int(live.attempts),
+        "candidate_p99_ms": None if cand_p99 is None else round(cand_p99 * 1000, 1),
+        "live_p99_ms": None if live_p99 is None else round(live_p99 * 1000, 1),
+    }
+    if candidate.attempts < min_requests:
+        return Verdict(f"step {percent}%", False, figures, f"only {int(candidate.attempts)} requests reached the candidate (need {min_requests}): send traffic or lower --min-step-requests")
+    if error_rate > max_error_rate:
+        return Verdict(f"step {percent}%", False, figures, f"error rate {error_rate:.1%} > {max_error_rate:.1%}")
+    if cand_p99 is not None and live_p99 is not None and cand_p99 > max_latency_ratio * live_p99:
+        return Verdict(f"step {percent}%", False, figures, f"P99 {figures['candidate_p99_ms']} ms > {max_latency_ratio}x live's {figures['live_p99_ms']} ms")
+    return Verdict(f"step {percent}%", True, figures)
+

@@ -1,0 +1,178 @@
+"""One promotion procedure for every backend: gate the candidate, shift traffic in steps while
+watching it, then promote, or roll back at the first failed check leaving the live slot serving.
+
+Every decision is one JSON line (event, gate, passed, figures, reason) so a CI job or an
+operator can read why a release went out or did not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import httpx
+from pydantic import BaseModel, Field, field_validator
+
+from . import gates
+from .backends import Backend, BackendError
+from .gates import EvalCase, Verdict
+from .traffic import Slot
+
+
+MAX_HOLD_FACTOR = 10  # a step without enough requests fails after this many step_s
+
+
+class Policy(BaseModel):
+    """What a candidate must show. Defaults follow Flagger's (success rate ≥ 99%, P99 bounded) plus
+    the LLM-specific gates: TTFT, tokens/s, guardrail and retrieval quality on a frozen set."""
+
+    model_config = {"extra": "forbid"}
+    steps: list[int] = Field([10, 50, 100], description="Percents of traffic the candidate gets, in order; the last is 100.")
+    step_s: float = Field(30.0, gt=0, description="How long each step is watched.")
+    min_step_requests: int = Field(10, ge=0, description="Requests the candidate must serve before a step can pass; a step waits for them up to 10x --step-seconds.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Candidate's share of failed attempts (no answer or 5xx) per step.")
+    max_latency_ratio: float = Field(2.0, gt=0, description="Candidate's P99 time to response headers / live's, per step.")
+    max_ttft_ratio: float = Field(1.5, gt=0, description="Candidate's TTFT p50 / live's, before traffic.")
+    min_tps_ratio: float = Field(0.67, gt=0, description="Candidate's tokens/s / live's, before traffic.")
+    min_block_rate: float = Field(0.9, ge=0, le=1, description="Share of the eval set's unsafe prompts refused.")
+    max_false_positive: float = Field(0.1, ge=0, le=1, description="Share of the eval set's safe prompts refused.")
+    min_retrieval_hit: float = Field(0.9, ge=0, le=1, description="Share of retrieval queries finding their source.")
+    ready_timeout_s: float = Field(900.0, gt=0, description="How long to wait for the candidate's /readyz.")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        if not v or v[-1] != 100 or any(not 0 < p <= 100 for p in v) or any(a >= b for a, b in zip(v, v[1:])):
+            raise ValueError(f"steps must rise within 1..100 and end at 100, e.g. 10,50,100; got {v}")
+        return v
+
+
+@dataclass
+class Outcome:
+    promoted: bool
+    live: Slot
+    candidate: Slot
+    decisions: list[dict] = field(default_factory=list)
+    failed: Verdict | None = None
+    rollback_s: float | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.promoted else 1
+
+
+def print_json(entry: dict) -> None:
+    print(json.dumps(entry, default=str), flush=True)
+
+
+class Promotion:
+    def __init__(self, backend: Backend, cases: list[EvalCase], policy: Policy, api_key: str | None, emit: Callable[[dict], None] = print_json):
+        self.backend, self.cases, self.policy, self.api_key, self.emit = backend, cases, policy, api_key, emit
+
+    def decide(self, outcome: Outcome, event: str, verdict: Verdict | None = None, **figures) -> None:
+        entry = {"ts": round(time.time(), 3), "event": event}
+        if verdict is not None:
+            entry.update(gate=verdict.gate, passed=verdict.passed, figures=verdict.figures, reason=verdict.reason)
+        entry.update(figures)
+        outcome.decisions.append(entry)
+        self.emit(entry)
+
+    def run(self, candidate: Slot | None = None, candidate_url: str | None = None) -> Outcome:
+        t = self.backend.traffic()
+        live = t.live
+        candidate = candidate or t.other(live)
+        if candidate == live:
+            raise BackendError(f"{candidate} is the live slot ({t.weights}); promote the other one")
+        if candidate_url:
+            t = self.backend.shift(candidate, 0, candidate_url)
+        if candidate not in t.upstreams:
+            raise BackendError(f"no URL for the candidate slot {candidate}: pass --candidate-url")
+        outcome = Outcome(False, live, candidate)
+        live_url, cand_url = t.upstreams[live], t.upstreams[candidate]
+        self.decide(outcome, "start", backend=self.backend.describe(), live=live, live_url=live_url, candidate=candidate, candidate_url=cand_url, weights=t.weights)
+        if t.weights[candidate]:  # a leftover split from an interrupted run: start from the live slot
+            self.backend.shift(candidate, 0)
+
+        try:
+            return self.gate_and_shift(outcome, live_url, cand_url)
+        except Exception as e:  # anything unexpected mid-way: the live slot gets everything back
+            return self.roll_back(outcome, Verdict("error", False, {}, f"{type(e).__name__}: {e}"[:300]))
+
+    def gate_and_shift(self, outcome: Outcome, live_url: str, cand_url: str) -> Outcome:
+        candidate, live = outcome.candidate, outcome.live
+        try:
+            ready_s = gates.wait_ready(cand_url, self.policy.ready_timeout_s)
+            self.decide(outcome, "gate", Verdict("ready", True, {"ready_s": round(ready_s, 1)}))
+        except TimeoutError as e:
+            return self.roll_back(outcome, Verdict("ready", False, {}, str(e)))
+
+        p = self.policy
+        queries = [c.query for c in self.cases if c.query]
+        checks = [
+            lambda: gates.smoke(cand_url, self.api_key, queries[0]),
+            lambda: gates.quality(cand_url, self.api_key, self.cases, p.min_block_rate, p.max_false_positive, p.min_retrieval_hit),
+            lambda: gates.performance(live_url, cand_url, self.api_key, queries, p.max_ttft_ratio, p.min_tps_ratio),
+        ]
+        for check in checks:
+            verdict = check()
+            self.decide(outcome, "gate", verdict)
+            if not verdict.passed:
+                return self.roll_back(outcome, verdict)
+
+        for percent in p.steps:
+            applied = self.backend.shift(candidate, percent)
+            self.decide(outcome, "shift", percent=percent, weights=applied.weights)
+            verdict = self.watch(cand_url, candidate, live, percent)
+            self.decide(outcome, "step", verdict)
+            if not verdict.passed:
+                return self.roll_back(outcome, verdict)
+        outcome.promoted = True
+        self.decide(outcome, "promoted", live=candidate, weights=self.backend.traffic().weights)
+        return outcome
+
+    def watch(self, cand_url: str, candidate: Slot, live: Slot, percent: int) -> Verdict:
+        """Hold a step for ``step_s`` and until the candidate has served ``min_step_requests`` (no
+        evidence, no promotion), checking every second: a candidate that stops being ready or whose
+        errors already exceed the budget ends the step at once."""
+        p = self.policy
+        before = self.backend.counts()
+        started = time.monotonic()
+        while True:
+            time.sleep(1.0)
+            now = self.backend.counts()
+            delta = {slot: now.get(slot, gates.SlotCounts()).minus(before.get(slot, gates.SlotCounts())) for slot in (candidate, live)}
+            verdict = gates.step_verdict(percent, delta[candidate], delta[live], p.max_error_rate, p.max_latency_ratio, p.min_step_requests)
+            held = time.monotonic() - started
+            verdict.figures["held_s"] = round(held, 1)
+            if not ready(cand_url):
+                return Verdict(verdict.gate, False, verdict.figures, "the candidate's /readyz stopped answering 200")
+            if verdict.figures["error_rate"] > p.max_error_rate and delta[candidate].attempts >= max(p.min_step_requests, 1):
+                return verdict
+            enough = delta[candidate].attempts >= p.min_step_requests
+            if (held >= p.step_s and enough) or held >= MAX_HOLD_FACTOR * p.step_s:
+                return verdict
+
+    def roll_back(self, outcome: Outcome, verdict: Verdict) -> Outcome:
+        """All traffic back on the live slot in one step; the time is from the failed check to the
+        backend confirming the live slot has 100%."""
+        started = time.perf_counter()
+        try:
+            self.backend.shift(outcome.candidate, 0)
+            confirmed = self.backend.traffic()
+        except Exception as e:
+            raise BackendError(f"{verdict.gate} failed ({verdict.reason}) and the rollback failed too ({e}): traffic may still be "
+                               f"split; retry with `ragserve promote ... --rollback`") from None
+        outcome.rollback_s = time.perf_counter() - started
+        outcome.failed = verdict
+        self.decide(outcome, "rolled_back", failed_gate=verdict.gate, reason=verdict.reason,
+                    rollback_ms=round(outcome.rollback_s * 1000, 1), weights=confirmed.weights)
+        return outcome
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False

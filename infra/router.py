@@ -1,0 +1,191 @@
+"""A weighted blue-green router: the stable entry point in front of two gateway stacks.
+
+Each request goes to blue or green by the weights of the routing table (see ``traffic.py``); a
+change of weights is one reference swap, so it is atomic and instant, and requests already in
+flight finish where they started. A candidate that refuses a connection or answers 5xx before any
+byte reaches the client is retried once on the live slot, so a bad candidate costs users nothing
+while the failure still shows in the metrics the promotion watches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import random
+import time
+from typing import AsyncIterator
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from bentos.logs import AccessLog
+from bentos.relay import HOP_HEADERS
+
+from .traffic import SLOTS, Slot, Traffic
+
+log = logging.getLogger("infra.router")
+
+# Bodies pass through raw, still encoded: content-encoding travels with them.
+NOT_FORWARDED = (HOP_HEADERS - {"content-encoding"}) | {"host", "upgrade"}
+UPSTREAM_HEADER = "x-ragserve-upstream"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+def error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """OpenAI-shaped, like the gateways behind the router."""
+    return JSONResponse({"error": {"message": message, "type": "router_error", "code": code}}, status, headers=headers)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.attempts = Counter("ragserve_router_attempts", "Requests sent to each slot, by outcome (error: no answer or 5xx).",
+                                ["upstream", "outcome"], registry=self.registry)
+        self.latency = Histogram("ragserve_router_response_seconds", "Time to the response headers of each slot's successful attempts.",
+                                 ["upstream"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.responses = Counter("ragserve_router_responses", "Responses to clients, by status code.", ["code"], registry=self.registry)
+        self.weight = Gauge("ragserve_router_weight_percent", "Percent of requests each slot gets.", ["upstream"], registry=self.registry)
+        for slot in SLOTS:  # every series exists from the start, so deltas never miss a first sample
+            for outcome in ("ok", "error"):
+                self.attempts.labels(slot, outcome)
+            self.latency.labels(slot)
+
+
+def create_router_app(store, admin_key: str | None = None, timeout_s: float = 300, max_body_bytes: int = 8 << 20, admin: bool = True) -> Starlette:
+    """``store`` holds the routing table (``MemoryStore`` locally, ``DictStore`` on Modal). With
+    ``admin`` off (Modal) the table is read-only here: `ragserve promote modal` writes the Dict."""
+    metrics = RouterMetrics()
+    client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5), limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+    expected_admin = f"Bearer {admin_key}".encode() if admin_key else None
+
+    def table() -> Traffic:
+        return store.get()
+
+    async def attempt(slot: Slot, url: str, request: Request, body: bytes) -> httpx.Response | None:
+        """The upstream's response (headers read, body not yet), or None when it failed."""
+        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in NOT_FORWARDED]
+        client_host = request.client.host if request.client else "unknown"
+        headers.append((b"x-forwarded-for", client_host.encode()))
+        target = url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        started = time.perf_counter()
+        try:
+            upstream = await client.send(client.build_request(request.method, target, headers=headers, content=body), stream=True)
+        except httpx.HTTPError as e:
+            metrics.attempts.labels(slot, "error").inc()
+            log.warning("upstream failed", extra={"fields": {"upstream": slot, "error": type(e).__name__}})
+            return None
+        if upstream.status_code >= 500:
+            metrics.attempts.labels(slot, "error").inc()
+            log.warning("upstream failed", extra={"fields": {"upstream": slot, "status": upstream.status_code}})
+            return upstream
+        metrics.attempts.labels(slot, "ok").inc()
+        metrics.latency.labels(slot).observe(time.perf_counter() - started)
+        return upstream
+
+    async def proxy(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            return error(413, f"request body is {len(body)} bytes; the router's limit is {max_body_bytes} (RAGSERVE_ROUTER_MAX_BODY_BYTES)", "body_too_large")
+        try:
+            t = table()
+        except LookupError as e:
+            return error(503, str(e), "no_routing_table", {"Retry-After": "5"})
+        slot: Slot = random.choices(SLOTS, weights=[t.weights[s] for s in SLOTS])[0]
+        upstream = await attempt(slot, t.upstreams[slot], request, body)
+        if (upstream is None or upstream.status_code >= 500) and slot != t.live:
+            # Nothing has reached the client yet: the live slot answers instead.
+            if upstream is not None:
+                await upstream.aclose()
+            slot = t.live
+            upstream = await attempt(slot, t.upstreams[slot], request, body)
+        if upstream is None:
+            metrics.responses.labels("502").inc()
+            return error(502, f"the {slot} stack at {t.upstreams[slot]} did not answer; check that it is running", "upstream_unreachable", {"Retry-After": "5"})
+        metrics.responses.labels(str(upstream.status_code)).inc()
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_FORWARDED}
+        headers[UPSTREAM_HEADER] = slot
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+            finally:
+                await upstream.aclose()  # a client that goes away cancels the generation upstream
+
+        return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers)
+
+    def is_admin(request: Request) -> bool:
+        if expected_admin is None:
+            return True  # the router only binds loopback without an admin key
+        return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected_admin)
+
+    async def get_traffic(request: Request) -> Response:
+        try:
+            return JSONResponse(table().model_dump())
+        except LookupError as e:
+            return error(404, str(e), "no_routing_table")
+
+    async def put_traffic(request: Request) -> Response:
+        if not admin:
+            return error(405, "the routing table lives in a modal.Dict: change it with `ragserve promote modal`", "read_only_traffic")
+        if not is_admin(request):
+            return error(401, "changing the routing table needs 'Authorization: Bearer <RAGSERVE_ROUTER_ADMIN_KEY>'", "invalid_admin_key")
+        try:
+            change = await request.json()
+            if not isinstance(change, dict):
+                raise ValueError("send a JSON object")
+            current = table().model_dump()
+            new = Traffic.model_validate({**current, **change, "upstreams": {**current["upstreams"], **change.get("upstreams", {})}})
+        except LookupError:
+            try:
+                new = Traffic.model_validate(change)
+            except ValueError as e:
+                return error(400, f"invalid routing table: {e}", "invalid_traffic")
+        except ValueError as e:  # JSON and validation errors alike
+            return error(400, f"invalid routing table: {e}; send {{\"weights\": {{\"blue\": 90, \"green\": 10}}}}", "invalid_traffic")
+        saved = store.set(new)
+        log.info("traffic changed", extra={"fields": {"weights": saved.weights, "revision": saved.revision}})
+        return JSONResponse(saved.model_dump())
+
+    async def metrics_route(request: Request) -> Response:
+        try:
+            for slot, w in table().weights.items():
+                metrics.weight.labels(slot).set(w)
+        except LookupError:
+            pass
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def livez(request: Request) -> Response:
+        return Response("ok")
+
+    async def readyz(request: Request) -> Response:
+        """Ready when the live slot is: the router alone serves nothing."""
+        try:
+            t = table()
+            r = await client.get(t.upstreams[t.live] + "/readyz", timeout=5)
+            ok = r.status_code == 200
+        except (LookupError, httpx.HTTPError):
+            ok = False
+        return Response("ok" if ok else "live upstream not ready", status_code=200 if ok else 503)
+
+    routes = [
+        Route("/-/traffic", get_traffic, methods=["GET"]),
+        Route("/-/traffic", put_traffic, methods=["PUT"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/livez", livez, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/{path:path}", proxy, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]),
+    ]
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await client.aclose()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(AccessLog, logger_name="infra.router.access")
+    return app

@@ -1,0 +1,188 @@
+"""The blue-green router, its routing table and the promotion's arithmetic, against small real
+HTTP upstreams (no engine needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from infra.gates import EvalCase, GateError, SlotCounts, read_eval_set, router_counts, step_verdict
+from infra.promote import Policy
+from infra.router import UPSTREAM_HEADER, create_router_app
+from infra.traffic import DictStore, MemoryStore, Traffic
+from servers import serving
+
+
+def upstream(name: str, status: int = 200):
+    """A stand-in gateway that says who answered; streams three chunks on /stream."""
+
+    async def chat(request: Request):
+        body = await request.json()
+        return JSONResponse({"who": name, "echo": body, "forwarded_for": request.headers.get("x-forwarded-for")}, status)
+
+    async def stream(request: Request):
+        async def chunks():
+            for i in range(3):
+                yield f"data: {name}-{i}\n\n".encode()
+                await asyncio.sleep(0.05)
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat", chat, methods=["POST"]), Route("/stream", stream),
+                             Route("/readyz", lambda r: PlainTextResponse("ok", status))])
+
+
+@pytest.fixture
+def pair():
+    with serving(upstream("blue")) as blue, serving(upstream("green")) as green, serving(upstream("broken", 500)) as broken:
+        yield {"blue": blue, "green": green, "broken": broken}
+
+
+def table(pair, green="green", weights=(100, 0)) -> Traffic:
+    return Traffic(upstreams={"blue": pair["blue"], "green": pair[green]}, weights={"blue": weights[0], "green": weights[1]})
+
+
+def who(router_url: str, n: int) -> list[str]:
+    return [httpx.post(router_url + "/v1/chat", json={"i": i}).json()["who"] for i in range(n)]
+
+
+def test_traffic_table_validation():
+    with pytest.raises(ValueError, match="adding up to 100"):
+        Traffic(upstreams={"blue": "http://a"}, weights={"blue": 90, "green": 20})
+    with pytest.raises(ValueError, match="no upstream URL"):
+        Traffic(upstreams={"blue": "http://a"}, weights={"blue": 50, "green": 50})
+    with pytest.raises(ValueError, match="not an http"):
+        Traffic(upstreams={"blue": "ftp://a"}, weights={"blue": 100, "green": 0})
+    t = Traffic(upstreams={"blue": "http://a/"}, weights={"blue": 100, "green": 0})
+    assert t.upstreams["blue"] == "http://a" and t.live == "blue"
+    shifted = t.with_candidate("green", 60, "http://b")
+    assert shifted.weights == {"green": 60, "blue": 40} and shifted.live == "green" and shifted.revision == 1
+
+
+def test_memory_store_survives_a_restart(tmp_path):
+    path = tmp_path / "traffic.json"
+    first = MemoryStore(Traffic(upstreams={"blue": "http://a", "green": "http://b"}, weights={"blue": 100, "green": 0}), path)
+    first.set(first.get().with_candidate("green", 100))
+    again = MemoryStore(Traffic(upstreams={"blue": "http://a"}, weights={"blue": 100, "green": 0}), path)
+    assert again.get().weights == {"blue": 0, "green": 100}
+
+
+def test_dict_store_is_what_modal_routers_and_promote_share():
+    d: dict = {}  # stands in for modal.Dict: get and item assignment are all it uses
+    reader, writer = DictStore(d, refresh_s=0), DictStore(d, refresh_s=60)
+    with pytest.raises(LookupError, match="--live-url"):
+        reader.get()
+    writer.set(Traffic(upstreams={"blue": "http://a", "green": "http://b"}, weights={"blue": 100, "green": 0}))
+    writer.set(writer.get().with_candidate("green", 10))
+    assert reader.get().weights == {"blue": 90, "green": 10} and reader.get().revision == 1
+    assert json.loads(d["traffic"])["weights"]["green"] == 10
+
+
+def test_router_follows_weights_atomically(pair):
+    store = MemoryStore(table(pair))
+    with serving(create_router_app(store)) as router:
+        assert set(who(router, 10)) == {"blue"}
+        r = httpx.put(router + "/-/traffic", json={"weights": {"blue": 0, "green": 100}})
+        assert r.status_code == 200 and r.json()["revision"] == 1
+        assert set(who(router, 10)) == {"green"}
+        httpx.put(router + "/-/traffic", json={"weights": {"blue": 50, "green": 50}})
+        assert set(who(router, 40)) == {"blue", "green"}
+        r = httpx.post(router + "/v1/chat", json={"x": 1})
+        assert r.json()["echo"] == {"x": 1} and r.json()["forwarded_for"] == "127.0.0.1"
+        assert r.headers[UPSTREAM_HEADER] == r.json()["who"]
+
+
+def test_router_streams_chunk_by_chunk(pair):
+    with serving(create_router_app(MemoryStore(table(pair)))) as router:
+        with httpx.stream("GET", router + "/stream") as r:
+            chunks = [c for c in r.iter_text() if c.strip()]
+    assert "".join(chunks).count("data: blue-") == 3 and len(chunks) >= 2
+
+
+def test_failing_candidate_is_retried_on_live_and_counted(pair):
+    store = MemoryStore(table(pair, green="broken", weights=(50, 50)))
+    with serving(create_router_app(store)) as router:
+        assert set(who(router, 20)) == {"blue"}  # every request answered, by blue
+        counts = router_counts(httpx.get(router + "/metrics").text)
+    assert counts["green"].errors > 0 and counts["green"].ok == 0
+    assert counts["blue"].ok == 20
+
+
+def test_failing_live_slot_answers_502_naming_it(pair):
+    store = MemoryStore(Traffic(upstreams={"blue": "http://127.0.0.1:9", "green": pair["green"]}, weights={"blue": 100, "green": 0}))
+    with serving(create_router_app(store)) as router:
+        r = httpx.post(router + "/v1/chat", json={})
+        assert r.status_code == 502 and "blue stack" in r.json()["error"]["message"]
+        assert httpx.get(router + "/readyz").status_code == 503
+
+
+def test_admin_api_validates_and_is_guarded(pair):
+    with serving(create_router_app(MemoryStore(table(pair)), admin_key="s3cret")) as router:
+        assert httpx.put(router + "/-/traffic", json={"weights": {"blue": 0, "green": 100}}).status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        bad = httpx.put(router + "/-/traffic", json={"weights": {"blue": 70, "green": 70}}, headers=auth)
+        assert bad.status_code == 400 and "adding up to 100" in bad.json()["error"]["message"]
+        assert httpx.put(router + "/-/traffic", content=b"{nope", headers=auth).status_code == 400
+        assert httpx.get(router + "/-/traffic").json()["weights"] == {"blue": 100, "green": 0}
+    with serving(create_router_app(MemoryStore(table(pair)), admin=False)) as router:
+        r = httpx.put(router + "/-/traffic", json={"weights": {"blue": 0, "green": 100}})
+        assert r.status_code == 405 and "ragserve promote modal" in r.json()["error"]["message"]
+
+
+def test_histogram_quantile_and_step_verdict():
+    c = SlotCounts(ok=100, errors=0, buckets={0.1: 50, 0.5: 90, 1.0: 100, float("inf"): 100})
+    assert c.quantile(0.5) == pytest.approx(0.1)
+    assert c.quantile(0.99) == pytest.approx(0.95)
+    live = SlotCounts(ok=100, buckets={0.1: 99, 0.5: 100, float("inf"): 100})
+    bad = step_verdict(10, SlotCounts(ok=95, errors=5, buckets=c.buckets), live, 0.01, 2.0, 1)
+    assert not bad.passed and "error rate 5.0%" in bad.reason
+    slow = step_verdict(10, c, live, 0.01, 2.0, 1)
+    assert not slow.passed and "P99" in slow.reason
+    assert step_verdict(10, c, live, 0.01, 10.0, 1).passed
+    assert "only 0 requests" in step_verdict(10, SlotCounts(), live, 0.01, 2.0, 1).reason
+
+
+def test_policy_and_eval_set_refuse_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="end at 100"):
+        Policy(steps=[10, 50])
+    with pytest.raises(ValueError, match="end at 100"):
+        Policy(steps=[50, 10, 100])
+    path = tmp_path / "eval.jsonl"
+    path.write_text('{"prompt": "hi", "label": "maybe"}\n')
+    with pytest.raises(GateError, match="eval.jsonl:1"):
+        read_eval_set(path)
+    path.write_text('{"prompt": "hi", "label": "safe"}\n')
+    with pytest.raises(GateError, match="needs safe, unsafe and retrieval"):
+        read_eval_set(path)
+    with pytest.raises(ValueError):
+        EvalCase(prompt="x", label="safe", query="q", source="s")
+
+
+def test_kserve_dry_run_prints_the_commands_and_runs_none(tmp_path):
+    from click.testing import CliRunner
+
+    from bentos.cli import main
+
+    result = CliRunner().invoke(main, ["promote", "kserve", "--name", "chat", "-n", "llm", "--kubectl", str(tmp_path / "absent"), "--dry-run", "--steps", "25,100"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'absent'} get inferenceservice chat -o json -n llm")
+    assert """patch inferenceservice chat --type merge -p '{"spec":{"predictor":{"canaryTrafficPercent":25}}}' -n llm""" in lines[1]
+    assert "canaryTrafficPercent\":100" in lines[2] and "canaryTrafficPercent\":0" in lines[3] and "back to the previous revision" in lines[3]
+
+
+def test_promote_cli_refuses_bad_policy_with_a_usage_error():
+    from click.testing import CliRunner
+
+    from bentos.cli import main
+
+    result = CliRunner().invoke(main, ["promote", "local", "--router", "http://127.0.0.1:9", "--steps", "10,50"])
+    assert result.exit_code == 2 and "end at 100" in result.output
+    result = CliRunner().invoke(main, ["promote", "local", "--router", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and "ragserve router" in result.output  # unreachable router: says how to start it
