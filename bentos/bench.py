@@ -1,4 +1,11 @@
-"""`ragserve bench serve`: the Bento against plain vLLM on the same model folder, in one run."""
+"""`ragserve bench serve`: the gateway (rails and retrieval on) against plain vLLM on the same
+model folder, in one run.
+
+Fair by construction: the bench indexes a corpus, and plain vLLM receives exactly the
+conversations the gateway hands the model (the question plus the retrieved sources as the system
+message), with the same output lengths (ignore_eos). What remains is the cost of our stack: HTTP
+hops, rails, retrieval and relaying.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,19 @@ from . import launch
 from .engine import Engine, free_port
 from .loadgen import Report, run_load
 from .model_store import resolve_model
-from .settings import Settings
+from .prompting import with_sources
+from .settings import PROJECT_DIR, Settings
+
+QUESTIONS = [
+    "How do I roll back the index?",
+    "What does /readyz tell me?",
+    "How do I require an API key?",
+    "How does search combine vector and full-text scores?",
+    "Which metric shows the queue length?",
+    "How long does a cold start take on a CPU?",
+    "How do I re-index my documents?",
+    "Which port does the gateway listen on?",
+]
 
 
 @contextmanager
@@ -45,9 +64,9 @@ def plain_vllm(settings: Settings, model: str) -> Iterator[tuple[str, float]]:
 
 
 @contextmanager
-def bento(settings: Settings, log_dir: Path) -> Iterator[tuple[str, float]]:
+def bento(settings: Settings, log_dir: Path, db: Path) -> Iterator[tuple[str, float]]:
     port = free_port()
-    env = {**os.environ, "RAGSERVE_PORT": str(port)}
+    env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_DB": str(db), "RAGSERVE_GUARDRAILS": "true"}
     launched = launch.start_bento(port, env, log_dir / "bento.log", settings.engine_start_timeout_s)
     try:
         yield launched.url, launched.ready_s
@@ -55,12 +74,36 @@ def bento(settings: Settings, log_dir: Path) -> Iterator[tuple[str, float]]:
         launch.stop(launched)
 
 
-def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_tokens: int, json_out: str | None, cold: bool = False) -> dict:
+def augmented_conversations(settings: Settings, db: Path) -> list[list[dict]]:
+    """What the gateway sends the model for each question: its sources first, then the question."""
+    from .retrieval.retriever import Retriever
+
+    retriever = Retriever(settings.model_copy(update={"db": str(db)}))
+    conversations = []
+    for q in QUESTIONS:
+        found = retriever.retrieve(q, settings.retrieve_k)
+        if not found.relevant:
+            raise RuntimeError(f"the bench corpus has nothing relevant to {q!r}: the gateway would answer without the model")
+        conversations.append(with_sources([{"role": "user", "content": q}], found.relevant))
+    return conversations
+
+
+def index_corpus(settings: Settings, corpus: Path, db: Path) -> None:
+    from .retrieval.ingest import reindex_source
+
+    reindex_source(settings.model_copy(update={"db": str(db)}), corpus, False, None)
+
+
+def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_tokens: int, json_out: str | None,
+                    cold: bool = False, png_out: str | None = None, corpus: Path = PROJECT_DIR / "docs") -> dict:
     model = resolve_model(settings)
     key = settings.api_key_value or ""
     log_dir = Path(tempfile.mkdtemp(prefix="ragserve-bench-"))
-    results: dict = {"model": model, "max_tokens": max_tokens, "requests": n_requests, "targets": {}}
-    for name in ("vllm", "bento"):
+    db = log_dir / "lancedb"
+    index_corpus(settings, corpus, db)
+    conversations = augmented_conversations(settings, db)
+    results: dict = {"model": model, "max_tokens": max_tokens, "requests": n_requests, "corpus": str(corpus), "targets": {}}
+    for name in ("vllm", "gateway"):
         run_settings = settings
         if cold:
             # Empty vLLM and TorchInductor caches (inductor's sits in the engine's TMPDIR under
@@ -69,26 +112,67 @@ def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_
             run_settings = settings.model_copy(update={"cache_dir": fresh, "model": model})
             os.environ.update({"VLLM_CACHE_ROOT": str(fresh / "vllm"), "RAGSERVE_CACHE_DIR": str(fresh), "RAGSERVE_MODEL": model})
         print(f"starting {name} ...", flush=True)
-        start = plain_vllm(run_settings, model) if name == "vllm" else bento(run_settings, log_dir)
+        start = plain_vllm(run_settings, model) if name == "vllm" else bento(run_settings, log_dir, db)
+        # The gateway gets the bare questions and builds the same conversations itself.
+        prompts = conversations if name == "vllm" else QUESTIONS
         with start as (url, ready_s):
             entry = {"ready_s": round(ready_s, 1), "levels": {}}
-            asyncio.run(run_load(url + "/v1", key, settings.model_name, 1, 2, 8, timeout_s=120))  # warm-up
+            asyncio.run(run_load(url + "/v1", key, settings.model_name, 1, 2, 8, prompts, timeout_s=120))  # warm-up
             for c in tqdm(levels, desc=name, unit="level"):
-                report: Report = asyncio.run(run_load(url + "/v1", key, settings.model_name, c, max(n_requests, c), max_tokens))
+                report: Report = asyncio.run(run_load(url + "/v1", key, settings.model_name, c, max(n_requests, 2 * c), max_tokens, prompts))
                 entry["levels"][str(c)] = report.as_dict()
             results["targets"][name] = entry
+    results["ratios"] = ratios(results, levels)
     print_table(results, levels)
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))
+    if png_out:
+        chart(results, levels, Path(png_out))
     return results
 
 
+def ratios(results: dict, levels: list[int]) -> dict:
+    raw, ours = results["targets"]["vllm"]["levels"], results["targets"]["gateway"]["levels"]
+    out = {}
+    for c in map(str, levels):
+        a, b = raw[c], ours[c]
+        out[c] = {
+            "throughput_ratio": round(b["tokens_per_s"] / a["tokens_per_s"], 3) if a["tokens_per_s"] else None,
+            "added_ttft_p50_ms": round(b["ttft_p50_ms"] - a["ttft_p50_ms"], 1),
+        }
+    return out
+
+
 def print_table(results: dict, levels: list[int]) -> None:
-    raw, ours = results["targets"]["vllm"], results["targets"]["bento"]
-    print(f"\nmodel {results['model']}, {results['max_tokens']} output tokens per request")
-    print(f"time to ready: vllm {raw['ready_s']} s, bento {ours['ready_s']} s")
-    print(f"{'conc':>4} {'vllm tok/s':>11} {'bento tok/s':>12} {'ratio':>6} {'vllm TTFT p50':>14} {'bento TTFT p50':>15} {'failed':>7}")
-    for c in levels:
-        a, b = raw["levels"][str(c)], ours["levels"][str(c)]
-        ratio = b["tokens_per_s"] / a["tokens_per_s"] if a["tokens_per_s"] else float("nan")
-        print(f"{c:>4} {a['tokens_per_s']:>11.1f} {b['tokens_per_s']:>12.1f} {ratio:>5.2f}x {a['ttft_p50_ms']:>12.0f}ms {b['ttft_p50_ms']:>13.0f}ms {a['failed'] + b['failed']:>7}")
+    raw, ours = results["targets"]["vllm"], results["targets"]["gateway"]
+    print(f"\nmodel {results['model']}, {results['max_tokens']} output tokens per request, corpus {results['corpus']}")
+    print(f"time to ready: vllm {raw['ready_s']} s, gateway {ours['ready_s']} s")
+    print(f"{'conc':>4} {'target':>8} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} {'ITL p50':>8} {'ITL p95':>8} {'failed':>7}")
+    for c in map(str, levels):
+        for name, t in (("vllm", raw), ("gateway", ours)):
+            r = t["levels"][c]
+            print(f"{c:>4} {name:>8} {r['tokens_per_s']:>8.1f} {r['ttft_p50_ms']:>7.0f}ms {r['ttft_p95_ms']:>7.0f}ms {r['itl_p50_ms']:>6.1f}ms {r['itl_p95_ms']:>6.1f}ms {r['failed']:>7}")
+        q = results["ratios"][c]
+        print(f"{c:>4} {'ratio':>8} {q['throughput_ratio']}x throughput, TTFT p50 {q['added_ttft_p50_ms']:+.1f} ms")
+
+
+def chart(results: dict, levels: list[int], path: Path) -> None:
+    """Tokens/s and TTFT p50 per concurrency, vLLM beside the gateway."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (tps, ttft) = plt.subplots(1, 2, figsize=(8, 3.2))
+    xs = range(len(levels))
+    for offset, name in ((-0.2, "vllm"), (0.2, "gateway")):
+        rows = [results["targets"][name]["levels"][str(c)] for c in levels]
+        tps.bar([x + offset for x in xs], [r["tokens_per_s"] for r in rows], 0.4, label=name)
+        ttft.bar([x + offset for x in xs], [r["ttft_p50_ms"] for r in rows], 0.4, label=name)
+    for ax, title in ((tps, "tokens/s"), (ttft, "TTFT p50 (ms)")):
+        ax.set_xticks(list(xs), [str(c) for c in levels])
+        ax.set_xlabel("concurrent streams")
+        ax.set_title(title)
+    tps.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -247,21 +247,44 @@ def bench() -> None:
 
 
 @bench.command("serve")
-@click.option("--requests", "n_requests", default=16, show_default=True, help="Requests per concurrency level.")
-@click.option("--concurrency", type=IntList(), default="1,8", show_default=True, help="Comma-separated concurrency levels.")
+@click.option("--requests", "n_requests", default=16, show_default=True, help="Requests per concurrency level (at least 2x the level).")
+@click.option("--concurrency", type=IntList(), default="1,8,32", show_default=True, help="Comma-separated concurrency levels.")
 @click.option("--max-tokens", default=64, show_default=True, help="Output tokens per request (fixed: ignore_eos).")
+@click.option("--corpus", type=click.Path(exists=True, path_type=Path), default=Path("docs"), show_default=True, help="Documents indexed for the run.")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+@click.option("--png-out", type=click.Path(dir_okay=False), help="Also draw tokens/s and TTFT per level as a PNG here.")
 @click.option("--cold", is_flag=True, help="Start each server with an empty compile cache (first-start time).")
-def bench_serve(n_requests: int, concurrency: list[int], max_tokens: int, json_out: str | None, cold: bool) -> None:
-    """Throughput and time-to-ready of the Bento against plain vLLM serving the same folder.
+def bench_serve(n_requests: int, concurrency: list[int], max_tokens: int, corpus: Path, json_out: str | None, png_out: str | None, cold: bool) -> None:
+    """Streaming tokens/s, TTFT p50/p95 and inter-token latency of the gateway (rails and retrieval
+    on) against plain vLLM serving the same folder, at each concurrency, with the ratios.
 
-    Starts both itself, one after the other, on free loopback ports.
+    Starts both itself, one after the other, on free loopback ports. Plain vLLM gets exactly the
+    conversations the gateway gives the model (question plus retrieved sources).
     """
     from .bench import run_serve_bench
 
     if n_requests < 1 or max_tokens < 1:
         raise click.BadParameter("--requests and --max-tokens must be ≥ 1")
-    run_serve_bench(load_settings(), n_requests, concurrency, max_tokens, json_out, cold)
+    try:
+        run_serve_bench(load_settings(), n_requests, concurrency, max_tokens, json_out, cold, png_out, corpus)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@bench.command("soak")
+@click.option("--minutes", default=10.0, show_default=True, type=click.FloatRange(min=1), help="How long the mixed load runs.")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(min=1), help="Clients at once.")
+@click.option("--corpus", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("docs"), show_default=True, help="Documents indexed (a copy; one page is added halfway).")
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+def bench_soak(minutes: float, concurrency: int, corpus: Path, json_out: str | None) -> None:
+    """A mixed load (chat, streamed chat, retrieval, prompts the rails must block) on a stack this
+    command starts, with a re-index halfway. Prints per minute: requests, errors, 5xx, p95 latency
+    and the RSS of the gateway, model service and vLLM processes; exits 1 on any error."""
+    from .bench_soak import run_soak
+
+    summary = run_soak(load_settings(), minutes, concurrency, corpus, json_out)
+    if summary["errors"]:
+        raise click.ClickException(f"{summary['errors']} requests failed: {summary['error_kinds']}")
 
 
 SQUAD_OPTION = click.option(

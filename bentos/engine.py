@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -68,6 +69,8 @@ def engine_command(settings: Settings, model: str, port: int) -> list[str]:
         "--tensor-parallel-size", str(settings.tensor_parallel_size),
         "--enable-prefix-caching" if settings.enable_prefix_caching else "--no-enable-prefix-caching",
         "--disable-uvicorn-access-log",
+        # `bentoml serve` passes SIGTERM to the engine too: drain, so streams in flight end whole.
+        "--shutdown-timeout", str(settings.drain_timeout_s),
     ]
     if settings.resolved_device == "cuda":
         cmd += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
@@ -109,6 +112,8 @@ class Engine:
         self.proc: subprocess.Popen[bytes] | None = None
         self.generated_once = False
         self.started_at = 0.0
+        self.stopping = False
+        self.restarts = 0
 
     def start(self) -> None:
         cmd = engine_command(self.settings, self.model, self.port)
@@ -150,9 +155,11 @@ class Engine:
         except httpx.HTTPError:
             return False
 
-    def stop(self, grace_s: float = 20.0) -> None:
+    def stop(self, grace_s: float | None = None) -> None:
+        self.stopping = True
         if self.proc is None or self.proc.poll() is not None:
             return
+        grace_s = self.settings.drain_timeout_s + 20 if grace_s is None else grace_s
         pgid = os.getpgid(self.proc.pid)
         log.info("stopping vLLM (pid %d)", self.proc.pid)
         os.killpg(pgid, signal.SIGTERM)
@@ -161,3 +168,41 @@ class Engine:
         except subprocess.TimeoutExpired:
             os.killpg(pgid, signal.SIGKILL)
             self.proc.wait()
+
+
+class Supervisor:
+    """Restarts the engine when it dies (crash, OOM kill), with growing pauses between attempts.
+    Meanwhile the service answers 503 with Retry-After and /readyz is false, so a load balancer
+    or router sends traffic elsewhere."""
+
+    BACKOFF_S = (1, 2, 5, 10, 30)
+
+    def __init__(self, engine: Engine, poll_s: float = 0.5):
+        self.engine, self.poll_s = engine, poll_s
+        self._thread = threading.Thread(target=self._run, name="engine-supervisor", daemon=True)
+
+    def start(self) -> "Supervisor":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.engine.stopping:
+            time.sleep(self.poll_s)
+            if self.engine.stopping or self.engine.running:
+                if self.engine.generated_once:
+                    failures = 0  # it came back and served: the next crash starts the backoff anew
+                continue
+            code = self.engine.exit_code
+            if code == 0:
+                # A clean exit is a shutdown (`bentoml serve` signals the engine too): not a crash.
+                log.info("vLLM stopped; not restarting it")
+                return
+            pause = self.BACKOFF_S[min(failures, len(self.BACKOFF_S) - 1)]
+            log.error("vLLM exited with %s; restarting in %d s", code, pause, extra={"fields": {"exit_code": code, "restarts": self.engine.restarts}})
+            time.sleep(pause)
+            if self.engine.stopping:
+                return
+            failures += 1
+            self.engine.restarts += 1
+            self.engine.start()

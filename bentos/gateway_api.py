@@ -118,7 +118,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         if not req.stream:
             r = await llm.request("POST", "/v1/chat/completions", payload)
             if r.status_code != 200:
-                return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"))
+                return UpstreamError.of(r).response()
             body = r.json()
             if guard is not None:
                 for choice in body.get("choices", []):

@@ -6,6 +6,7 @@ the message to the user, so every refusal here carries a message that names the 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -22,6 +24,14 @@ from .logs import AccessLog
 from .schemas import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
+
+# The services' own counters, appended to BentoML's /metrics (its registry is multiprocess).
+SERVICE_METRICS = CollectorRegistry(auto_describe=True)
+REFUSED = Counter("ragserve_requests_refused", "Requests refused for capacity, by reason.", ["reason"], registry=SERVICE_METRICS)
+
+
+def service_metrics_text() -> str:
+    return generate_latest(SERVICE_METRICS).decode()
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -67,9 +77,14 @@ async def read_json(request: Request, limit: int) -> Any:
         if len(body) > limit:
             raise APIError(413, f"request body exceeds {limit} bytes (RAGSERVE_MAX_BODY_BYTES)", "body_too_large")
     try:
-        return json.loads(body)
+        data = json.loads(body)
+        # JSON may escape lone UTF-16 surrogates ("\ud800"), which no tokenizer can encode.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        return data
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON ({e}); send a JSON object", "invalid_json") from None
+    except UnicodeEncodeError:
+        raise APIError(400, "request body holds a lone UTF-16 surrogate escape (such as \\ud800); send valid Unicode text", "invalid_unicode") from None
     except RecursionError:
         raise APIError(400, "request body JSON is nested too deeply", "invalid_json") from None
 
@@ -108,13 +123,67 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def openai_app(settings, title: str, description: str, access_logger: str) -> FastAPI:
-    """A FastAPI app for a /v1 mount: OpenAI-shaped errors, bearer auth, and the access log
-    outermost (so 401s are logged too)."""
+    """A FastAPI app for a /v1 mount: OpenAI-shaped errors, bearer auth, a bounded queue, and the
+    access log outermost (so 401s and 429s are logged too)."""
     app = FastAPI(title=title, description=description)
     install_error_handlers(app)
+    app.add_middleware(Backpressure, limit=settings.concurrency_limit, queue=settings.max_queued_requests, wait_s=settings.queue_timeout_s)
     app.add_middleware(BearerAuth, api_key=settings.api_key_value)
     app.add_middleware(AccessLog, logger_name=access_logger)
     return app
+
+
+class Backpressure:
+    """ASGI middleware: at most ``limit`` requests in progress and ``queue`` waiting for a slot.
+    Beyond that a request is refused at once with 429 and Retry-After, and one that waited
+    ``wait_s`` gets 503: clients back off instead of piling up until they time out. A slot is
+    held until the response ends (a stream holds it while it streams)."""
+
+    def __init__(self, app: ASGIApp, limit: int, queue: int, wait_s: float):
+        self.app, self.limit, self.queue, self.wait_s = app, limit, queue, wait_s
+        self.slots = asyncio.Semaphore(limit)
+        self.waiting = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = await self.acquire()
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.slots.release()
+
+    async def acquire(self) -> JSONResponse | None:
+        """A slot (None), or the refusal to send."""
+        if not self.slots.locked():
+            await self.slots.acquire()
+            return None
+        if self.waiting >= self.queue:
+            REFUSED.labels("queue_full").inc()
+            message = f"the server is at capacity ({self.limit} in progress, {self.queue} waiting); retry after the delay in Retry-After"
+            return error_response(429, message, "overloaded", {"Retry-After": "1"})
+        self.waiting += 1
+        waiter = asyncio.ensure_future(self.slots.acquire())
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.wait_s)
+            return None
+        except (asyncio.TimeoutError, asyncio.CancelledError) as e:
+            # Timed out, or the client went away: never keep a slot that was granted meanwhile.
+            waiter.cancel()
+            try:
+                await waiter
+                self.slots.release()
+            except asyncio.CancelledError:
+                pass
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            REFUSED.labels("queue_timeout").inc()
+            message = f"no capacity freed within {self.wait_s:g} s (RAGSERVE_QUEUE_TIMEOUT_S); retry after the delay in Retry-After"
+            return error_response(503, message, "queue_timeout", {"Retry-After": "5"})
+        finally:
+            self.waiting -= 1
 
 
 def add_not_found_route(app: FastAPI) -> None:

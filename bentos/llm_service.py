@@ -10,7 +10,7 @@ from __future__ import annotations
 import bentoml
 import httpx
 
-from .engine import Engine
+from .engine import Engine, Supervisor
 from .llm_api import create_app, engine_relay
 from .model_store import resolve_model
 from .service_common import check_worker_socket, service_settings, only_engine_metrics, service_options
@@ -26,6 +26,7 @@ class LLM:
         check_worker_socket(settings)
         self.engine = Engine(settings, resolve_model(settings))
         self.engine.start()
+        Supervisor(self.engine).start()
         self.client = engine_relay(self.engine, settings)
         openai_app.state.engine = self.client
 

@@ -56,7 +56,8 @@ class Report:
         return asdict(self)
 
 
-async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, max_tokens: int) -> Result:
+async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str | list[dict], max_tokens: int) -> Result:
+    """``prompt`` is a user message, or a whole conversation."""
     t0 = time.perf_counter()
     first = last = 0.0
     gaps: list[float] = []
@@ -64,7 +65,7 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, max_t
     try:
         stream = await client.chat.completions.create(
             model=model,
-            messages=[{"role": "user", "content": prompt}],
+            messages=prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}],
             max_tokens=max_tokens,
             temperature=0,
             stream=True,
@@ -88,7 +89,7 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str, max_t
 
 async def run_load(
     base_url: str, api_key: str, model: str, concurrency: int, n_requests: int, max_tokens: int,
-    prompts: list[str] | None = None, timeout_s: float = 300,
+    prompts: list | None = None, timeout_s: float = 300,
 ) -> Report:
     prompts = prompts or DEFAULT_PROMPTS
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout_s)

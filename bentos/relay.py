@@ -12,6 +12,8 @@ from fastapi.responses import Response, StreamingResponse
 from .http_common import APIError
 
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+# The next hop's own response headers: this service sets its own (one X-Request-ID, one Date).
+NOT_RELAYED = HOP_HEADERS | {"date", "server", "x-request-id"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -44,7 +46,7 @@ class Relay:
 
     async def forward(self, method: str, path: str, payload: Any | None = None) -> Response:
         r = await self.request(method, path, payload)
-        headers = {k: v for k, v in r.headers.items() if k.lower() not in HOP_HEADERS}
+        headers = {k: v for k, v in r.headers.items() if k.lower() not in NOT_RELAYED}
         return Response(r.content, status_code=r.status_code, headers=headers)
 
     async def open_stream(self, path: str, payload: Any) -> httpx.Response:
@@ -57,7 +59,7 @@ class Relay:
         if upstream.status_code != 200:
             body = await upstream.aread()
             await upstream.aclose()
-            raise UpstreamError(upstream.status_code, body, upstream.headers.get("content-type"))
+            raise UpstreamError(upstream.status_code, body, upstream.headers.get("content-type"), upstream.headers.get("retry-after"))
         return upstream
 
     async def stream(self, path: str, payload: Any) -> Response:
@@ -81,12 +83,18 @@ class Relay:
 class UpstreamError(Exception):
     """The next hop answered with an error: passed on with its own status and body."""
 
-    def __init__(self, status: int, body: bytes, content_type: str | None):
+    def __init__(self, status: int, body: bytes, content_type: str | None, retry_after: str | None = None):
         super().__init__(status)
-        self.status, self.body, self.content_type = status, body, content_type
+        self.status, self.body, self.content_type, self.retry_after = status, body, content_type, retry_after
+
+    @classmethod
+    def of(cls, r: httpx.Response) -> "UpstreamError":
+        return cls(r.status_code, r.content, r.headers.get("content-type"), r.headers.get("retry-after"))
 
     def response(self) -> Response:
-        return Response(self.body, status_code=self.status, media_type=self.content_type or "application/json")
+        """The next hop's error as it was, Retry-After included (a client should back off as told)."""
+        headers = {"Retry-After": self.retry_after} if self.retry_after else None
+        return Response(self.body, status_code=self.status, media_type=self.content_type or "application/json", headers=headers)
 
 
 async def sse_events(upstream: httpx.Response) -> AsyncIterator[dict | str]:

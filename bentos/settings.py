@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     engine_args: str = Field("", description="Extra `vllm serve` arguments, shell-quoted.")
     engine_port: int = Field(0, ge=0, le=65535, description="Loopback port of the engine; 0 picks a free one.")
     engine_start_timeout_s: float = Field(900, gt=0)
+    drain_timeout_s: int = Field(30, ge=0, description="On shutdown the engine finishes requests in flight for up to this long (vLLM --shutdown-timeout); 0 aborts them.")
 
     # --- HTTP front ---------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -82,6 +83,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="When set, /v1/* needs 'Authorization: Bearer <key>'.")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
     request_timeout_s: float = Field(300, gt=0)
+    max_concurrent_requests: int | None = Field(None, ge=1, description="Requests each service works on at once; default the engine batch (RAGSERVE_MAX_NUM_SEQS).")
+    max_queued_requests: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond them a request gets 429 with Retry-After at once.")
+    queue_timeout_s: float = Field(30, gt=0, description="Longest wait for a slot before a 503 with Retry-After.")
 
     # --- retrieval ----------------------------------------------------------------------
     db: str = Field("./data/lancedb", description="LanceDB folder (a local path or a Modal Volume mount).")
@@ -153,6 +157,10 @@ class Settings(BaseSettings):
     @property
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
+
+    @property
+    def concurrency_limit(self) -> int:
+        return self.max_concurrent_requests or self.max_num_seqs
 
     @property
     def classifier_path(self) -> Path:

@@ -100,8 +100,9 @@ def start_stack(tmp_path, env_extra: dict[str, str] | None = None, api_key: str 
 def stack(tmp_path_factory) -> ServedStack:
     from bentos import launch
 
-    # The prompt audit log shows what the model received (tests/test_guardrails.py reads it).
-    s = start_stack(tmp_path_factory.mktemp("stack"), {"RAGSERVE_LOG_PROMPTS": "true"})
+    # The prompt audit log shows what the model received (tests/test_guardrails.py reads it);
+    # small capacity limits make a burst overflow them (tests/test_hostile_input.py).
+    s = start_stack(tmp_path_factory.mktemp("stack"), {"RAGSERVE_LOG_PROMPTS": "true", "RAGSERVE_MAX_CONCURRENT_REQUESTS": "16", "RAGSERVE_MAX_QUEUED_REQUESTS": "16"})
     yield s
     launch.stop(s.launched)
 

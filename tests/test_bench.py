@@ -1,0 +1,31 @@
+"""The serve bench's pieces that need no engine: the conversations plain vLLM gets are the ones the
+gateway builds (real index, real embedder), and the ratios and chart come from the reports."""
+
+from __future__ import annotations
+
+from bentos.bench import QUESTIONS, augmented_conversations, chart, index_corpus, ratios
+from bentos.prompting import INSTRUCTIONS
+from bentos.settings import PROJECT_DIR, Settings
+
+
+def test_plain_vllm_gets_the_gateways_conversations(tmp_path):
+    settings = Settings()
+    index_corpus(settings, PROJECT_DIR / "docs", tmp_path / "db")
+    conversations = augmented_conversations(settings, tmp_path / "db")
+    assert len(conversations) == len(QUESTIONS)
+    for q, (system, user) in zip(QUESTIONS, conversations):
+        assert system["role"] == "system" and system["content"].startswith(INSTRUCTIONS) and "[1] (" in system["content"]
+        assert user == {"role": "user", "content": q}
+
+
+def level(tps: float, ttft: float) -> dict:
+    return {"tokens_per_s": tps, "ttft_p50_ms": ttft, "ttft_p95_ms": ttft, "itl_p50_ms": 1.0, "itl_p95_ms": 2.0, "failed": 0}
+
+
+def test_ratios_and_chart(tmp_path):
+    results = {"targets": {"vllm": {"levels": {"1": level(100, 50), "8": level(400, 80)}},
+                           "gateway": {"levels": {"1": level(95, 62), "8": level(380, 95)}}}}
+    assert ratios(results, [1, 8]) == {"1": {"throughput_ratio": 0.95, "added_ttft_p50_ms": 12.0},
+                                       "8": {"throughput_ratio": 0.95, "added_ttft_p50_ms": 15.0}}
+    chart(results, [1, 8], tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
