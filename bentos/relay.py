@@ -57,9 +57,9 @@ class Relay:
         except httpx.HTTPError as e:
             raise unreachable(e, self.what) from None
         if upstream.status_code != 200:
-            body = await upstream.aread()
+            await upstream.aread()
             await upstream.aclose()
-            raise UpstreamError(upstream.status_code, body, upstream.headers.get("content-type"), upstream.headers.get("retry-after"))
+            raise UpstreamError.of(upstream)
         return upstream
 
     async def stream(self, path: str, payload: Any) -> Response:
