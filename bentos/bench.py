@@ -119,8 +119,12 @@ def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_
             entry = {"ready_s": round(ready_s, 1), "levels": {}}
             asyncio.run(run_load(url + "/v1", key, settings.model_name, 1, 2, 8, prompts, timeout_s=120))  # warm-up
             for c in tqdm(levels, desc=name, unit="level"):
+                before = prepare_totals(url, key) if name == "gateway" else None
                 report: Report = asyncio.run(run_load(url + "/v1", key, settings.model_name, c, max(n_requests, 2 * c), max_tokens, prompts))
                 entry["levels"][str(c)] = report.as_dict()
+                if before is not None:
+                    (s0, n0), (s1, n1) = before, prepare_totals(url, key)
+                    entry["levels"][str(c)]["prepare_ms_mean"] = round((s1 - s0) / (n1 - n0) * 1000, 1) if n1 > n0 else None
             results["targets"][name] = entry
     results["ratios"] = ratios(results, levels)
     print_table(results, levels)
@@ -129,6 +133,13 @@ def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_
     if png_out:
         chart(results, levels, Path(png_out))
     return results
+
+
+def prepare_totals(url: str, key: str) -> tuple[float, float]:
+    """The gateway's ragserve_gateway_prepare_seconds (sum, count): its own time before the model."""
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}"} if key else None, timeout=10).text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("ragserve_gateway_prepare_seconds_"))
+    return float(values.get("ragserve_gateway_prepare_seconds_sum", 0)), float(values.get("ragserve_gateway_prepare_seconds_count", 0))
 
 
 def ratios(results: dict, levels: list[int]) -> dict:
@@ -153,7 +164,9 @@ def print_table(results: dict, levels: list[int]) -> None:
             r = t["levels"][c]
             print(f"{c:>4} {name:>8} {r['tokens_per_s']:>8.1f} {r['ttft_p50_ms']:>7.0f}ms {r['ttft_p95_ms']:>7.0f}ms {r['itl_p50_ms']:>6.1f}ms {r['itl_p95_ms']:>6.1f}ms {r['failed']:>7}")
         q = results["ratios"][c]
-        print(f"{c:>4} {'ratio':>8} {q['throughput_ratio']}x throughput, TTFT p50 {q['added_ttft_p50_ms']:+.1f} ms")
+        prepare = ours["levels"][c].get("prepare_ms_mean")
+        print(f"{c:>4} {'ratio':>8} {q['throughput_ratio']}x throughput, TTFT p50 {q['added_ttft_p50_ms']:+.1f} ms"
+              f" (gateway before the model: {prepare} ms mean)")
 
 
 def chart(results: dict, levels: list[int], path: Path) -> None:

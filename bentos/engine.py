@@ -23,10 +23,13 @@ from importlib import metadata
 from pathlib import Path
 
 import httpx
+from prometheus_client import Counter
 
+from .http_common import SERVICE_METRICS
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+RESTARTS = Counter("ragserve_engine_restarts", "Times the supervisor restarted a crashed vLLM.", registry=SERVICE_METRICS)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -85,6 +88,10 @@ def engine_environment(settings: Settings, model: str) -> dict[str, str]:
     env.setdefault("DO_NOT_TRACK", "1")
     # The engine's internal message queues must stay on loopback.
     env.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    # Not BentoML's multiprocess metrics folder: vLLM would write its families there and they
+    # would reach /metrics twice (once collected, once relayed from vLLM's own /metrics).
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        env.pop(name, None)
     if Path(model).is_dir():
         env.setdefault("HF_HUB_OFFLINE", "1")
     if settings.resolved_device == "cpu":
@@ -113,7 +120,6 @@ class Engine:
         self.generated_once = False
         self.started_at = 0.0
         self.stopping = False
-        self.restarts = 0
 
     def start(self) -> None:
         cmd = engine_command(self.settings, self.model, self.port)
@@ -199,10 +205,10 @@ class Supervisor:
                 log.info("vLLM stopped; not restarting it")
                 return
             pause = self.BACKOFF_S[min(failures, len(self.BACKOFF_S) - 1)]
-            log.error("vLLM exited with %s; restarting in %d s", code, pause, extra={"fields": {"exit_code": code, "restarts": self.engine.restarts}})
+            log.error("vLLM exited with %s; restarting in %d s", code, pause, extra={"fields": {"exit_code": code, "attempt": failures + 1}})
             time.sleep(pause)
             if self.engine.stopping:
                 return
             failures += 1
-            self.engine.restarts += 1
+            RESTARTS.inc()
             self.engine.start()

@@ -12,9 +12,7 @@ import bentoml
 import httpx
 
 from .gateway_api import create_gateway_app
-from .guard.metrics import GUARD_METRICS
 from .guard.rails import Guard
-from .http_common import service_metrics_text
 from .llm_service import LLM
 from .relay import Relay, http_client
 from .retrieval.retriever import Retriever
@@ -70,7 +68,6 @@ class Gateway:
 
     async def __metrics__(self, content: str) -> str:
         """The engine's metrics too, so one scrape of the entry service sees the whole stack."""
-        content += GUARD_METRICS.text() + service_metrics_text()
         try:
             r = await self.llm_http.get("/metrics", timeout=5)
             return content + only_engine_metrics(r.text)

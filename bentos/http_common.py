@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,13 +25,11 @@ from .schemas import ErrorDetail, ErrorResponse
 
 log = logging.getLogger(__name__)
 
-# The services' own counters, appended to BentoML's /metrics (its registry is multiprocess).
+# The services' own metrics. Under `bentoml serve` prometheus_client runs in multiprocess mode:
+# every process's metrics reach /metrics through BentoML's collector, summed over processes, so
+# appending this registry's text there too would declare each family twice.
 SERVICE_METRICS = CollectorRegistry(auto_describe=True)
 REFUSED = Counter("ragserve_requests_refused", "Requests refused for capacity, by reason.", ["reason"], registry=SERVICE_METRICS)
-
-
-def service_metrics_text() -> str:
-    return generate_latest(SERVICE_METRICS).decode()
 
 M = TypeVar("M", bound=BaseModel)
 

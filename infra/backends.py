@@ -111,6 +111,7 @@ class KServeBackend:
     def __init__(self, name: str, namespace: str, kubectl: str = "kubectl", run: Runner = run_kubectl, echo: Callable[[str], None] = print):
         self.name, self.namespace, self.kubectl = name, namespace, kubectl
         self.run, self.echo = run, echo
+        self.urls: dict[str, str] = {}  # each revision's tag URL, as last read
 
     def command(self, *args: str) -> list[str]:
         return [self.kubectl, *args, "-n", self.namespace]
@@ -125,8 +126,8 @@ class KServeBackend:
             raise BackendError(
                 f"inferenceservice/{self.name} has no candidate revision beside the live one: apply the candidate with "
                 "`kubectl apply -k infra/kserve/overlays/green` (canaryTrafficPercent 0, tag routing on) first")
-        return Traffic(upstreams={"blue": by_tag["prev"]["url"], "green": by_tag["latest"]["url"]},
-                       weights={"blue": by_tag["prev"].get("percent", 0), "green": by_tag["latest"].get("percent", 0)})
+        self.urls = {"blue": by_tag["prev"]["url"], "green": by_tag["latest"]["url"]}
+        return Traffic(upstreams=dict(self.urls), weights={"blue": by_tag["prev"].get("percent", 0), "green": by_tag["latest"].get("percent", 0)})
 
     def patch_command(self, percent: int) -> list[str]:
         patch = json.dumps({"spec": {"predictor": {"canaryTrafficPercent": percent}}}, separators=(",", ":"))
@@ -141,8 +142,9 @@ class KServeBackend:
         return self.traffic()
 
     def counts(self) -> dict[str, SlotCounts]:
-        t = self.traffic()
-        return {slot: bento_counts(url) for slot, url in t.upstreams.items()}
+        # A revision's tag URL does not change during a promotion: no `kubectl get` per poll.
+        urls = self.urls or self.traffic().upstreams
+        return {slot: bento_counts(url) for slot, url in urls.items()}
 
     def describe(self) -> str:
         return f"KServe inferenceservice/{self.name} in namespace {self.namespace}"

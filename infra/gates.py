@@ -74,15 +74,19 @@ def read_eval_set(path: Path) -> list[EvalCase]:
 
 # --- gates on the candidate alone ----------------------------------------------------------------
 
+def is_ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_ready(url: str, timeout_s: float, poll_s: float = 1.0) -> float:
     """Seconds until ``url``/readyz answered 200; raises TimeoutError after ``timeout_s``."""
     started = time.monotonic()
     while True:
-        try:
-            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
+        if is_ready(url):
+            return time.monotonic() - started
         if time.monotonic() - started > timeout_s:
             raise TimeoutError(f"{url}/readyz did not answer 200 within {timeout_s:.0f} s")
         time.sleep(poll_s)

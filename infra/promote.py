@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import httpx
 from pydantic import BaseModel, Field, field_validator
 
 from . import gates
@@ -146,7 +145,7 @@ class Promotion:
             verdict = gates.step_verdict(percent, delta[candidate], delta[live], p.max_error_rate, p.max_latency_ratio, p.min_step_requests)
             held = time.monotonic() - started
             verdict.figures["held_s"] = round(held, 1)
-            if not ready(cand_url):
+            if not gates.is_ready(cand_url):
                 return Verdict(verdict.gate, False, verdict.figures, "the candidate's /readyz stopped answering 200")
             if verdict.figures["error_rate"] > p.max_error_rate and delta[candidate].attempts >= max(p.min_step_requests, 1):
                 return verdict
@@ -171,8 +170,3 @@ class Promotion:
         return outcome
 
 
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/readyz", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -38,6 +38,16 @@ def test_answer_cites_the_right_source(stack):
     assert r.model_extra["citations"][0]["source"] == "faq/firmware"  # a JSONL record's own source
 
 
+def test_time_before_the_model_is_exported(stack):
+    """What `ragserve bench serve` reads to split the added TTFT: one observation per relayed chat."""
+    from bentos.bench import prepare_totals
+
+    s0, n0 = prepare_totals(stack.url, stack.api_key)
+    ask(stack, "What is the capital of France?")
+    s1, n1 = prepare_totals(stack.url, stack.api_key)
+    assert n1 == n0 + 1 and 0 < s1 - s0 < 5
+
+
 def test_streamed_answer_carries_citations_first(stack):
     chunks = list(ask(stack, "What is the office cat called?", stream=True))
     assert chunks[0].model_extra["citations"][0]["source"] == "office.html"

@@ -287,6 +287,8 @@ def test_kserve_backend_patches_canary_traffic(stack, unguarded_stack, tmp_path,
     if good:
         assert result.exit_code == 0, result.output
         assert patches(log) == [10, 50, 100] and json.loads(state.read_text())["percent"] == 100
+        gets = [c for c in map(json.loads, log.read_text().splitlines()) if c[0] == "get"]
+        assert len(gets) <= 1 + len(patches(log)), f"the cluster was polled for URLs that do not change: {len(gets)} gets"
     else:
         assert result.exit_code == 1, result.output
         assert patches(log) == [0] and json.loads(state.read_text())["percent"] == 0

@@ -4,6 +4,7 @@ the session stack keeps serving the other tests. The shutdown test ends that sta
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -49,6 +50,7 @@ def test_engine_death_fails_fast_with_503_and_the_engine_is_restarted(unguarded_
         time.sleep(1)
     back_s = time.monotonic() - died
     assert chat(s).status_code == 200 and engine_process(s).pid != victim.pid
+    assert re.search(r"^ragserve_engine_restarts_total 1\.0$", httpx.get(s.url + "/metrics").text, re.M), "the restart is not counted on /metrics"
     record(f"engine killed: requests failed fast with 503 in {failed_in * 1000:.0f} ms; engine restarted and ready after {back_s:.1f} s")
 
 

@@ -174,3 +174,54 @@ def test_unreadable_sources_fail_before_touching_the_index(corpus, tmp_path):
         read_documents(tmp_path / "missing")
     with pytest.raises(IndexStoreError, match="empty"):
         store.reindex([], get_embedder())
+
+
+def test_concurrent_queries_share_forward_passes():
+    """Queries that arrive while the model is busy go together into the next pass; each gets
+    its own vector, equal to embedding it alone."""
+    import asyncio
+
+    import numpy as np
+
+    from bentos.retrieval.embedder import QueryBatcher
+
+    class Batches(CountingEmbedder):
+        def __init__(self):
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def embed(self, texts):
+            self.sizes.append(len(texts))
+            return super().embed(texts)
+
+    queries = [f"where do visitors park on day {i}" for i in range(12)]
+    alone = get_embedder().embed(queries)
+    counting = Batches()
+
+    async def run():
+        batcher = QueryBatcher(counting)
+        lone = await batcher.embed(queries[0])  # nobody else waiting: a pass of one, at once
+        together = await asyncio.gather(*(batcher.embed(q) for q in queries))
+        return lone, together
+
+    lone, together = asyncio.run(run())
+    assert counting.sizes[0] == 1 and np.allclose(lone, alone[0], atol=1e-5)
+    assert len(counting.sizes) < 1 + len(queries), f"no batching: passes of {counting.sizes}"
+    assert sum(counting.sizes) == 1 + len(queries)
+    assert np.allclose(np.stack(together), alone, atol=1e-5)
+
+
+def test_a_failed_embedding_reaches_every_waiting_request():
+    import asyncio
+
+    from bentos.retrieval.embedder import QueryBatcher
+
+    class Broken:
+        def embed(self, texts):
+            raise RuntimeError("model gone")
+
+    async def run():
+        batcher = QueryBatcher(Broken())
+        return await asyncio.gather(*(batcher.embed("q") for _ in range(3)), return_exceptions=True)
+
+    assert [str(e) for e in asyncio.run(run())] == ["model gone"] * 3

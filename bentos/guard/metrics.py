@@ -1,8 +1,9 @@
-"""Guardrail counters and timings, appended to the gateway's /metrics."""
+"""Guardrail counters and timings. BentoML runs prometheus_client in multiprocess mode, so every
+metric a service process creates is on /metrics already, whatever registry holds it."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
 class GuardMetrics:
@@ -16,9 +17,6 @@ class GuardMetrics:
         self.errors = Counter("ragserve_guardrail_errors", "Rail failures (failed closed), by stage.", ["stage"], registry=r)
         self.seconds = Histogram("ragserve_guardrail_seconds", "Time in the rails, by stage.", ["stage"], registry=r,
                                  buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))
-
-    def text(self) -> str:
-        return generate_latest(self.registry).decode()
 
 
 GUARD_METRICS = GuardMetrics()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..settings import Settings
-from .embedder import embedder_for
+from .embedder import QueryBatcher, embedder_for
 from .index import IndexReader
 from .search import Hit, SearchConfig, hybrid_search
 
@@ -26,6 +26,7 @@ class Retriever:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.embedder = embedder_for(settings)
+        self.queries = QueryBatcher(self.embedder)
         self.reader = IndexReader(settings.db, refresh_s=settings.index_refresh_s)
         self.cfg = SearchConfig(candidates=settings.search_candidates, fts_weight=settings.fts_weight)
 
@@ -37,8 +38,15 @@ class Retriever:
     def embed(self, query: str) -> np.ndarray:
         return self.embedder.embed([query])[0]
 
-    def retrieve(self, query: str, k: int, vector: np.ndarray | None = None) -> Retrieval:
-        """``vector``: the query's embedding when the caller has it already (the input rail does)."""
+    async def embed_query(self, query: str) -> tuple[np.ndarray, float]:
+        """The query's vector, batched with other requests' queries, and how long it took (ms)."""
+        t0 = time.perf_counter()
+        vector = await self.queries.embed(query)
+        return vector, (time.perf_counter() - t0) * 1000
+
+    def retrieve(self, query: str, k: int, vector: np.ndarray | None = None, embed_ms: float = 0.0) -> Retrieval:
+        """``vector``: the query's embedding when the caller has it already (from ``embed_query``),
+        and ``embed_ms`` what computing it took, for the logs."""
         table, version = self.reader.snapshot()
         if table is None:
             return Retrieval([], None, 0.0, 0.0)
@@ -48,4 +56,4 @@ class Retriever:
         t1 = time.perf_counter()
         hits = hybrid_search(table, vector, query, k, self.cfg)
         t2 = time.perf_counter()
-        return Retrieval(hits, version, (t1 - t0) * 1000, (t2 - t1) * 1000, [h for h in hits if self.is_relevant(h)])
+        return Retrieval(hits, version, embed_ms + (t1 - t0) * 1000, (t2 - t1) * 1000, [h for h in hits if self.is_relevant(h)])
