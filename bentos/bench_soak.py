@@ -114,7 +114,7 @@ def run_soak(settings: Settings, minutes: float, concurrency: int, corpus: Path,
         started = time.monotonic()
         procs = stack_processes(stack.proc.pid)
         while not stop.wait(5):
-            samples.append((int((time.monotonic() - started) // 60), rss_mb(procs)))
+            samples.append(((time.monotonic() - started) / 60, rss_mb(procs)))
 
     def reindex() -> None:
         (docs / "soak-added.md").write_text("# Soak\n\nThe soak test added this page halfway through the run.\n")
@@ -128,16 +128,28 @@ def run_soak(settings: Settings, minutes: float, concurrency: int, corpus: Path,
     finally:
         stop.set()
         launch.stop(stack)
-    return report(results, samples, json_out)
+    return report(results, samples, json_out, settle_min=minutes / 2 + 1)
 
 
-def report(results: list[dict], samples: list[tuple[int, dict]], json_out: str | None) -> dict:
+def slope_mb_per_min(samples: list[tuple[float, dict]], role: str, since_min: float) -> float | None:
+    """Least-squares RSS trend of one process from ``since_min`` on: a leak shows as a steady
+    rise, a plateau as about 0, whatever one-off step came before."""
+    points = [(t, rss[role]) for t, rss in samples if t >= since_min and rss.get(role)]
+    if len(points) < 3:
+        return None
+    ts, ys = zip(*points)
+    mean_t, mean_y = sum(ts) / len(ts), sum(ys) / len(ys)
+    var = sum((t - mean_t) ** 2 for t in ts)
+    return round(sum((t - mean_t) * (y - mean_y) for t, y in points) / var, 2) if var else None
+
+
+def report(results: list[dict], samples: list[tuple[float, dict]], json_out: str | None, settle_min: float = 1.0) -> dict:
     by_minute: dict[int, list[dict]] = defaultdict(list)
     for r in results:
         by_minute[r["minute"]].append(r)
     rss_by_minute: dict[int, dict] = {}
-    for minute, rss in samples:
-        rss_by_minute[minute] = rss  # the last sample of each minute
+    for t, rss in samples:
+        rss_by_minute[int(t)] = rss  # the last sample of each minute
     rows = []
     for minute in sorted(by_minute):
         rs = by_minute[minute]
@@ -153,10 +165,13 @@ def report(results: list[dict], samples: list[tuple[int, dict]], json_out: str |
     if len(rows) >= 3:  # after the first minute's warm-up
         first, last = rows[1]["rss_mb"], rows[-1]["rss_mb"]
         growth = {r: round(last[r] - first[r], 1) for r in roles if first.get(r) and last.get(r)}
+    # After the re-index (the new version's index files are loaded once) and a minute to settle.
+    slopes = {r: slope_mb_per_min(samples, r, settle_min) for r in roles}
     summary = {"requests": len(results), "errors": sum(row["errors"] for row in rows), "server_errors": sum(row["server_errors"] for row in rows),
-               "rss_growth_after_warmup_mb": growth, "minutes": rows,
+               "rss_growth_after_warmup_mb": growth, "rss_slope_after_reindex_mb_per_min": slopes, "minutes": rows,
                "error_kinds": sorted({r["error"] for r in results if r["error"]})[:10]}
     print(f"\n{summary['requests']} requests, {summary['errors']} errors ({summary['server_errors']} 5xx); RSS change from minute 2 to the last: {growth}")
+    print(f"RSS trend from minute {settle_min:g} on (MB/min): {slopes}")
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))
     return summary

@@ -29,3 +29,18 @@ def test_ratios_and_chart(tmp_path):
                                        "8": {"throughput_ratio": 0.95, "added_ttft_p50_ms": 15.0}}
     chart(results, [1, 8], tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_soak_report_tells_a_leak_from_a_one_off_step(tmp_path):
+    from bentos.bench_soak import report, slope_mb_per_min
+
+    # 10 minutes sampled every 5 s: the gateway steps up once at the re-index (minute 5), the model
+    # service leaks 2 MB a minute.
+    samples = [(i / 12, {"gateway": 300.0 + (20 if i >= 60 else 0), "model service": 500.0 + 2 * i / 12}) for i in range(120)]
+    assert slope_mb_per_min(samples, "gateway", 6.0) == 0.0
+    assert slope_mb_per_min(samples, "model service", 6.0) == 2.0
+    assert slope_mb_per_min(samples, "gateway", 9.99) is None  # too few points to say
+    results = [{"minute": int(i / 12), "error": "", "status": 200, "s": 0.1} for i in range(120)]
+    summary = report(results, samples, str(tmp_path / "soak.json"), settle_min=6.0)
+    assert summary["rss_slope_after_reindex_mb_per_min"] == {"gateway": 0.0, "model service": 2.0}
+    assert summary["rss_growth_after_warmup_mb"]["gateway"] == 20.0 and summary["server_errors"] == 0
