@@ -56,9 +56,9 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     app = openai_app(settings, "ragserve gateway", "Guarded, retrieval-augmented, OpenAI-compatible chat.", "bentos.access.gateway")
     app.state.guard = None
 
-    async def search(retriever: Retriever, query: str, k: int, embedded: tuple) -> Retrieval:
+    async def search(retriever: Retriever, query: str, k: int, vector, embed_ms: float) -> Retrieval:
         # CPU work: off the event loop, so streams keep flowing.
-        return await anyio.to_thread.run_sync(retriever.retrieve, query, k, *embedded)
+        return await anyio.to_thread.run_sync(retriever.retrieve, query, k, vector, embed_ms)
 
     @app.get("/models")
     async def list_models(request: Request) -> Response:
@@ -72,7 +72,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         if req.k > settings.max_k:
             raise APIError(400, f"k={req.k} is above the limit {settings.max_k} (RAGSERVE_MAX_K); ask for fewer chunks", "k_too_large")
         retriever: Retriever = app_state(request, "retriever")
-        r = await search(retriever, req.query, req.k, await retriever.embed_query(req.query))
+        r = await search(retriever, req.query, req.k, *await retriever.embed_query(req.query))
         log_retrieval(request, r)
         chunks = [RetrievedChunk(source=h.source, chunk_id=h.chunk_id, score=h.score, doc_id=h.doc_id, title=h.title, text=h.text, similarity=h.similarity) for h in r.hits]
         return RetrieveResponse(query=req.query, k=req.k, index_version=r.version, chunks=chunks, timing_ms={"embed": round(r.embed_ms, 2), "search": round(r.search_ms, 2)})
@@ -97,14 +97,14 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         guard: Guard | None = request.app.state.guard
         # The query's embedding feeds both the input rail's classifier and the search, which run
         # side by side: the search never leaves the gateway, and a blocked request discards it.
-        embedded = await retriever.embed_query(query)
+        vector, embed_ms = await retriever.embed_query(query)
         if guard is not None:
-            checked, found = await asyncio.gather(guard.check_input(query, embedded[0]), search(retriever, query, settings.retrieve_k, embedded))
+            checked, found = await asyncio.gather(guard.check_input(query, vector), search(retriever, query, settings.retrieve_k, vector, embed_ms))
             if checked.blocked_by:
                 return refusal(guard, req, checked.blocked_by)
             payload["messages"] = masked_conversation(guard, payload["messages"], checked.text)
         else:
-            found = await search(retriever, query, settings.retrieve_k, embedded)
+            found = await search(retriever, query, settings.retrieve_k, vector, embed_ms)
         log_retrieval(request, found)
         hits = found.relevant
         if guard is not None and hits:

@@ -168,5 +168,3 @@ class Promotion:
         self.decide(outcome, "rolled_back", failed_gate=verdict.gate, reason=verdict.reason,
                     rollback_ms=round(outcome.rollback_s * 1000, 1), weights=confirmed.weights)
         return outcome
-
-
