@@ -16,6 +16,7 @@ from .guard.rails import Guard
 from .llm_service import LLM
 from .relay import Relay, http_client
 from .retrieval.retriever import Retriever
+from .heap import keep_rss_level
 from .service_common import check_worker_socket, service_settings, only_engine_metrics, service_options
 
 def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
@@ -42,6 +43,7 @@ class Gateway:
 
     def __init__(self) -> None:
         check_worker_socket(settings)
+        keep_rss_level(settings.heap_trim_s)
         self.retriever = Retriever(settings)
         self.llm  # resolves the dependency: its url is set from here on
         self.llm_http = dependency_client(type(self).llm.url, settings.request_timeout_s)

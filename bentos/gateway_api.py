@@ -16,7 +16,6 @@ import logging
 import time
 from typing import AsyncIterator
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Histogram
@@ -27,7 +26,7 @@ from .http_common import SERVICE_METRICS, APIError, add_not_found_route, app_sta
 from .llm_api import prepare_chat
 from .prompting import NOT_FOUND, last_user_text, with_sources
 from .relay import SSE_HEADERS, Relay, UpstreamError, sse, sse_events
-from .retrieval.retriever import Retrieval, Retriever
+from .retrieval.retriever import Retriever
 from .retrieval.search import Hit
 from .schemas import ChatCompletionRequest, Citation, RetrievedChunk, RetrieveRequest, RetrieveResponse
 from .settings import Settings
@@ -56,10 +55,6 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     app = openai_app(settings, "ragserve gateway", "Guarded, retrieval-augmented, OpenAI-compatible chat.", "bentos.access.gateway")
     app.state.guard = None
 
-    async def search(retriever: Retriever, query: str, k: int, vector, embed_ms: float) -> Retrieval:
-        # CPU work: off the event loop, so streams keep flowing.
-        return await anyio.to_thread.run_sync(retriever.retrieve, query, k, vector, embed_ms)
-
     @app.get("/models")
     async def list_models(request: Request) -> Response:
         return await app_state(request, "llm").forward("GET", "/v1/models")
@@ -72,7 +67,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         if req.k > settings.max_k:
             raise APIError(400, f"k={req.k} is above the limit {settings.max_k} (RAGSERVE_MAX_K); ask for fewer chunks", "k_too_large")
         retriever: Retriever = app_state(request, "retriever")
-        r = await search(retriever, req.query, req.k, *await retriever.embed_query(req.query))
+        r = await retriever.search(req.query, req.k, *await retriever.embed_query(req.query))
         log_retrieval(request, r)
         chunks = [RetrievedChunk(source=h.source, chunk_id=h.chunk_id, score=h.score, doc_id=h.doc_id, title=h.title, text=h.text, similarity=h.similarity) for h in r.hits]
         return RetrieveResponse(query=req.query, k=req.k, index_version=r.version, chunks=chunks, timing_ms={"embed": round(r.embed_ms, 2), "search": round(r.search_ms, 2)})
@@ -99,12 +94,12 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         # side by side: the search never leaves the gateway, and a blocked request discards it.
         vector, embed_ms = await retriever.embed_query(query)
         if guard is not None:
-            checked, found = await asyncio.gather(guard.check_input(query, vector), search(retriever, query, settings.retrieve_k, vector, embed_ms))
+            checked, found = await asyncio.gather(guard.check_input(query, vector), retriever.search(query, settings.retrieve_k, vector, embed_ms))
             if checked.blocked_by:
                 return refusal(guard, req, checked.blocked_by)
             payload["messages"] = masked_conversation(guard, payload["messages"], checked.text)
         else:
-            found = await search(retriever, query, settings.retrieve_k, vector, embed_ms)
+            found = await retriever.search(query, settings.retrieve_k, vector, embed_ms)
         log_retrieval(request, found)
         hits = found.relevant
         if guard is not None and hits:

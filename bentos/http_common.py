@@ -131,6 +131,40 @@ def openai_app(settings, title: str, description: str, access_logger: str) -> Fa
     return app
 
 
+class ResponseTimeout:
+    """ASGI middleware: a request whose response has not started within ``timeout`` seconds is
+    cancelled and answered 504; once the response starts (a stream's first bytes) it runs on.
+
+    The services run it as BentoML's traffic timeout (service_common.use_response_timeout). BentoML's
+    own never cancels its timer, so each finished request's context (tracing span, request state)
+    stayed alive for the whole timeout: the gateway's memory grew with the request rate for 5 minutes."""
+
+    def __init__(self, app: ASGIApp, timeout: float):
+        self.app, self.timeout_s = app, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_started(message: dict) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                if not deadline.expired():
+                    deadline.reschedule(None)  # the response is under way: no deadline any more
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.timeout_s) as deadline:
+                await self.app(scope, receive, send_started)
+        except TimeoutError:
+            if started or not deadline.expired():
+                raise  # not ours to answer: the response began, or the app timed out on its own
+            message = f"no response within {self.timeout_s:g} s (RAGSERVE_REQUEST_TIMEOUT_S); ask for fewer tokens or raise the limit"
+            await error_response(504, message, "timeout")(scope, receive, send)
+
+
 class Backpressure:
     """ASGI middleware: at most ``limit`` requests in progress and ``queue`` waiting for a slot.
     Beyond that a request is refused at once with 429 and Retry-After, and one that waited

@@ -13,6 +13,7 @@ import httpx
 from .engine import Engine, Supervisor
 from .llm_api import create_app, engine_relay
 from .model_store import resolve_model
+from .heap import keep_rss_level
 from .service_common import check_worker_socket, service_settings, only_engine_metrics, service_options
 
 settings = service_settings()
@@ -24,6 +25,7 @@ openai_app = create_app(settings)
 class LLM:
     def __init__(self) -> None:
         check_worker_socket(settings)
+        keep_rss_level(settings.heap_trim_s)
         self.engine = Engine(settings, resolve_model(settings))
         self.engine.start()
         Supervisor(self.engine).start()

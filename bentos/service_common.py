@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 
+from .http_common import ResponseTimeout
 from .logs import setup_service_logging
 from .settings import Settings, get_settings
 
@@ -17,6 +18,7 @@ def service_settings() -> Settings:
     our JSON logging set up."""
     settings = get_settings()
     settings.check_bind(requested_host(settings))
+    use_response_timeout()
     setup_service_logging(settings.log_level)
     return settings
 
@@ -30,6 +32,14 @@ def service_options(settings: Settings) -> dict:
     except ValueError:
         pass  # a name such as "localhost": leave BentoML's --host to decide
     return {"http": http, "traffic": {"timeout": int(settings.request_timeout_s)}, "workers": 1}
+
+
+def use_response_timeout() -> None:
+    """BentoML enforces ``traffic.timeout`` with the middleware class it looks up in its traffic
+    module when it builds a service's app; ours keeps the limit and frees each request at its end."""
+    from bentoml._internal.server.http import traffic
+
+    traffic.TimeoutMiddleware = ResponseTimeout
 
 
 def requested_host(settings: Settings) -> str:

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     port: int = Field(3000, ge=1, le=65535, validation_alias=AliasChoices("RAGSERVE_PORT", "PORT"))
     api_key: SecretStr | None = Field(None, description="When set, /v1/* needs 'Authorization: Bearer <key>'.")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
-    request_timeout_s: float = Field(300, gt=0)
+    request_timeout_s: float = Field(300, gt=0, description="Longest wait for a response to start (a stream's first bytes), and for each hop to the engine.")
     max_concurrent_requests: int | None = Field(None, ge=1, description="Requests each service works on at once; default the engine batch (RAGSERVE_MAX_NUM_SEQS).")
     max_queued_requests: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond them a request gets 429 with Retry-After at once.")
     queue_timeout_s: float = Field(30, gt=0, description="Longest wait for a slot before a 503 with Retry-After.")
@@ -108,6 +108,7 @@ class Settings(BaseSettings):
     guard_self_check: bool = Field(False, description="Also ask the served model to judge input and output (one LLM call each): for GPU deployments with a capable model.")
     log_prompts: bool = Field(False, description="Model service logs the messages it sends to the engine (after masking): an audit of what the model receives.")
 
+    heap_trim_s: float = Field(60, ge=0, description="Each service hands freed heap memory back to the OS this often (glibc malloc_trim); 0 never.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Level of the services' JSON logs.")
 
     # --- paths --------------------------------------------------------------------------

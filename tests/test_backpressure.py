@@ -9,9 +9,10 @@ import time
 
 import httpx
 import pytest
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
-from bentos.http_common import openai_app
+from bentos.http_common import ResponseTimeout, openai_app
 from bentos.settings import Settings
 from servers import serving
 
@@ -78,3 +79,59 @@ def test_a_request_that_waits_too_long_gets_503_and_no_slot_leaks():
 def test_limits_are_validated(field, value):
     with pytest.raises(ValueError):
         Settings(**{field: value})
+
+
+def test_a_response_that_does_not_start_in_time_gets_504_and_a_started_stream_runs_on():
+    app = FastAPI()
+
+    @app.post("/stuck")
+    async def stuck() -> dict:
+        await asyncio.sleep(30)
+        return {"ok": True}
+
+    @app.post("/stream")
+    async def stream():
+        async def slow():
+            for i in range(3):
+                yield f"{i}\n"
+                await asyncio.sleep(0.25)  # 0.75 s in all, beyond the deadline: it only bounds the start
+        return StreamingResponse(slow())
+
+    @app.post("/quick")
+    async def quick() -> dict:
+        return {"ok": True}
+
+    with serving(ResponseTimeout(app, timeout=0.3)) as url:
+        t0 = time.perf_counter()
+        r = httpx.post(url + "/stuck", timeout=10)
+        waited = time.perf_counter() - t0
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout" and "RAGSERVE_REQUEST_TIMEOUT_S" in r.json()["error"]["message"]
+        assert waited < 3  # answered at the deadline, not after the handler's 30 s
+        assert httpx.post(url + "/stream", timeout=10).text == "0\n1\n2\n"
+        assert httpx.post(url + "/quick", timeout=10).json() == {"ok": True}
+
+
+def test_bentoml_runs_our_timeout_and_no_timer_outlives_its_request():
+    """BentoML's traffic timeout kept each request's context alive for the whole timeout (its
+    timer is never cancelled); the services swap in ours, which cancels it when the request ends."""
+    from bentoml._internal.server.http import traffic
+
+    from bentos.service_common import use_response_timeout
+
+    use_response_timeout()
+    assert traffic.TimeoutMiddleware is ResponseTimeout
+    app = FastAPI()
+
+    @app.post("/quick")
+    async def quick() -> dict:
+        return {"ok": True}
+
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        transport = httpx.ASGITransport(app=traffic.TimeoutMiddleware(app, timeout=300))  # as BentoML builds it
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for _ in range(20):
+                assert (await client.post("/quick")).status_code == 200
+        return sum(1 for h in loop._scheduled if not h.cancelled() and h.when() > loop.time() + 200)
+
+    assert asyncio.run(scenario()) == 0

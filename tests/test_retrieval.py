@@ -183,7 +183,7 @@ def test_concurrent_queries_share_forward_passes():
 
     import numpy as np
 
-    from bentos.retrieval.embedder import QueryBatcher
+    from bentos.retrieval.batching import Batcher
 
     class Batches(CountingEmbedder):
         def __init__(self):
@@ -199,9 +199,9 @@ def test_concurrent_queries_share_forward_passes():
     counting = Batches()
 
     async def run():
-        batcher = QueryBatcher(counting)
-        lone = await batcher.embed(queries[0])  # nobody else waiting: a pass of one, at once
-        together = await asyncio.gather(*(batcher.embed(q) for q in queries))
+        batcher = Batcher(counting.embed)
+        lone = await batcher.submit(queries[0])  # nobody else waiting: a pass of one, at once
+        together = await asyncio.gather(*(batcher.submit(q) for q in queries))
         return lone, together
 
     lone, together = asyncio.run(run())
@@ -214,14 +214,42 @@ def test_concurrent_queries_share_forward_passes():
 def test_a_failed_embedding_reaches_every_waiting_request():
     import asyncio
 
-    from bentos.retrieval.embedder import QueryBatcher
+    from bentos.retrieval.batching import Batcher
 
-    class Broken:
-        def embed(self, texts):
-            raise RuntimeError("model gone")
+    def broken(texts):
+        raise RuntimeError("model gone")
 
     async def run():
-        batcher = QueryBatcher(Broken())
-        return await asyncio.gather(*(batcher.embed("q") for _ in range(3)), return_exceptions=True)
+        batcher = Batcher(broken)
+        return await asyncio.gather(*(batcher.submit("q") for _ in range(3)), return_exceptions=True)
 
     assert [str(e) for e in asyncio.run(run())] == ["model gone"] * 3
+
+
+def test_batched_vector_searches_equal_searching_one_by_one(tmp_path):
+    """One LanceDB query for many vectors: each request gets exactly its own nearest chunks,
+    also when the table holds more rows than a query's limit."""
+    import asyncio
+
+    from bentos.retrieval.retriever import Retriever
+    from bentos.retrieval.search import _vector, vector_searches
+    from bentos.settings import Settings
+
+    docs = [Document(f"d{i}", f"d{i}", f"Note {i}: the {w} shelf holds item number {i * 7}.", f"Note {i}")
+            for i, w in enumerate(["red", "blue", "green", "oak", "steel", "glass"] * 5)]
+    IndexStore(tmp_path / "db").reindex(docs, get_embedder())
+    table = IndexReader(tmp_path / "db", refresh_s=0).current()
+    queries = ["red shelf", "item number 35", "glass", "oak shelf holds", "steel note"]
+    vectors = get_embedder().embed(queries)
+    together = vector_searches([(table, v, 4) for v in vectors] + [(table, vectors[0], 2)])
+    for v, found in zip([*vectors, vectors[0]], together):
+        alone = _vector(table, v, found.num_rows)
+        assert found.num_rows in (4, 2) and found.column("chunk_id").to_pylist() == alone.column("chunk_id").to_pylist()
+
+    retriever = Retriever(Settings(db=str(tmp_path / "db")))
+
+    async def run():
+        return await asyncio.gather(*(retriever.search(q, 3, v) for q, v in zip(queries, vectors)))
+
+    for q, got in zip(queries, asyncio.run(run())):
+        assert [h.chunk_id for h in got.hits] == [h.chunk_id for h in retriever.retrieve(q, 3).hits]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
+import anyio
 import numpy as np
 
 from ..settings import Settings
-from .embedder import QueryBatcher, embedder_for
+from .batching import Batcher
+from .embedder import embedder_for
 from .index import IndexReader
-from .search import Hit, SearchConfig, hybrid_search
+from .search import Hit, SearchConfig, candidates, fulltext, fuse, hybrid_search, vector_searches
 
 
 @dataclass
@@ -26,7 +29,9 @@ class Retriever:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.embedder = embedder_for(settings)
-        self.queries = QueryBatcher(self.embedder)
+        # Concurrent requests share a forward pass and a vector query: a burst of 32 costs a few.
+        self.queries = Batcher(self.embedder.embed)
+        self.vector_searches = Batcher(vector_searches)
         self.reader = IndexReader(settings.db, refresh_s=settings.index_refresh_s)
         self.cfg = SearchConfig(candidates=settings.search_candidates, fts_weight=settings.fts_weight)
 
@@ -41,19 +46,31 @@ class Retriever:
     async def embed_query(self, query: str) -> tuple[np.ndarray, float]:
         """The query's vector, batched with other requests' queries, and how long it took (ms)."""
         t0 = time.perf_counter()
-        vector = await self.queries.embed(query)
+        vector = await self.queries.submit(query)
         return vector, (time.perf_counter() - t0) * 1000
 
-    def retrieve(self, query: str, k: int, vector: np.ndarray | None = None, embed_ms: float = 0.0) -> Retrieval:
-        """``vector``: the query's embedding when the caller has it already (from ``embed_query``),
-        and ``embed_ms`` what computing it took, for the logs."""
+    async def search(self, query: str, k: int, vector: np.ndarray, embed_ms: float = 0.0) -> Retrieval:
+        """What ``retrieve`` finds, for a server: the vector search batched with other requests',
+        the full-text search beside it, both off the event loop."""
+        table, version = await anyio.to_thread.run_sync(self.reader.snapshot)  # may reopen the table
+        if table is None:
+            return Retrieval([], None, 0.0, 0.0)
+        t0 = time.perf_counter()
+        n = candidates(k, self.cfg)
+        vec, fts = await asyncio.gather(self.vector_searches.submit((table, vector, n)), anyio.to_thread.run_sync(fulltext, table, query, n))
+        hits = fuse(vec, fts, k, self.cfg)
+        return self._found(hits, version, embed_ms, (time.perf_counter() - t0) * 1000)
+
+    def retrieve(self, query: str, k: int) -> Retrieval:
+        """Embed and search one query, for callers without an event loop (the CLI, evaluation)."""
         table, version = self.reader.snapshot()
         if table is None:
             return Retrieval([], None, 0.0, 0.0)
         t0 = time.perf_counter()
-        if vector is None:
-            vector = self.embed(query)
+        vector = self.embed(query)
         t1 = time.perf_counter()
         hits = hybrid_search(table, vector, query, k, self.cfg)
-        t2 = time.perf_counter()
-        return Retrieval(hits, version, embed_ms + (t1 - t0) * 1000, (t2 - t1) * 1000, [h for h in hits if self.is_relevant(h)])
+        return self._found(hits, version, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+
+    def _found(self, hits: list[Hit], version: int, embed_ms: float, search_ms: float) -> Retrieval:
+        return Retrieval(hits, version, embed_ms, search_ms, [h for h in hits if self.is_relevant(h)])

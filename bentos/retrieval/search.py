@@ -8,11 +8,13 @@ and on both held-out halves): ranks throw away how far ahead the best match is.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 COLUMNS = ["chunk_id", "doc_id", "source", "title", "text", "metadata", "vector"]  # vector: for the retrieval rail
 
@@ -48,21 +50,52 @@ def fts_terms(query: str) -> str:
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search")
 
 
-def _vector(table, vector: np.ndarray, n: int) -> pa.Table:
+def candidates(k: int, cfg: SearchConfig) -> int:
+    return max(k, cfg.candidates)
+
+
+def _vector(table, vector: np.ndarray | list[np.ndarray], n: int) -> pa.Table:
+    """The nearest ``n``; for a list of vectors, the nearest ``n`` to each, told apart by ``query_index``."""
     return table.search(vector, vector_column_name="vector").distance_type("cosine").select([*COLUMNS, "_distance"]).limit(n).to_arrow()
 
 
-def _fulltext(table, terms: str, n: int) -> pa.Table | None:
+def fulltext(table, query: str, n: int) -> pa.Table | None:
+    terms = fts_terms(query)
     if not terms:
         return None
     return table.search(terms, query_type="fts", fts_columns="search_text").select([*COLUMNS, "_score"]).limit(n).to_arrow()
 
 
+def vector_searches(items: list[tuple[object, np.ndarray, int]]) -> list[pa.Table]:
+    """The nearest ``n`` chunks to each (table, vector, n), with one LanceDB query per table and
+    ``n``: its fixed cost dominates on a small index (on this CPU 32 vectors took 6.5 ms in one
+    query against 104-120 ms one by one)."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (table, _, n) in enumerate(items):
+        groups[(id(table), n)].append(i)
+    results: list[pa.Table] = [None] * len(items)  # type: ignore[list-item]
+    for (_, n), members in groups.items():
+        table = items[members[0]][0]
+        if len(members) == 1:
+            results[members[0]] = _vector(table, items[members[0]][1], n)
+            continue
+        found = _vector(table, [items[i][1] for i in members], n)
+        which = found.column("query_index")
+        for j, i in enumerate(members):
+            results[i] = found.filter(pc.equal(which, j)).drop_columns(["query_index"])
+    return results
+
+
 def hybrid_search(table, vector: np.ndarray, query: str, k: int, cfg: SearchConfig = SearchConfig()) -> list[Hit]:
-    n = max(k, cfg.candidates)
+    """One query's search, for callers without an event loop (the CLI, evaluation)."""
+    n = candidates(k, cfg)
     vec_job = _POOL.submit(_vector, table, vector, n)
-    fts_job = _POOL.submit(_fulltext, table, fts_terms(query), n)
-    vec, fts = vec_job.result(), fts_job.result()
+    fts_job = _POOL.submit(fulltext, table, query, n)
+    return fuse(vec_job.result(), fts_job.result(), k, cfg)
+
+
+def fuse(vec: pa.Table, fts: pa.Table | None, k: int, cfg: SearchConfig) -> list[Hit]:
+    """The top ``k`` of both candidate lists by cosine similarity plus weighted, normalised BM25."""
     # where each chunk was found: (table, row); full-text first so vector rows win a tie
     where: dict[str, tuple[pa.Table, int]] = {}
     similarity: dict[str, float] = {}
