@@ -6,14 +6,13 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-import anyio
 import numpy as np
 
 from ..settings import Settings
 from .batching import Batcher
 from .embedder import embedder_for
 from .index import IndexReader
-from .search import Hit, SearchConfig, candidates, fulltext, fuse, hybrid_search, vector_searches
+from .search import Hit, SearchConfig, candidates, fulltext, fuse, hybrid_search, in_pool, vector_searches
 
 
 @dataclass
@@ -52,12 +51,12 @@ class Retriever:
     async def search(self, query: str, k: int, vector: np.ndarray, embed_ms: float = 0.0) -> Retrieval:
         """What ``retrieve`` finds, for a server: the vector search batched with other requests',
         the full-text search beside it, both off the event loop."""
-        table, version = await anyio.to_thread.run_sync(self.reader.snapshot)  # may reopen the table
+        table, version = await in_pool(self.reader.snapshot)  # may reopen the table
         if table is None:
             return Retrieval([], None, 0.0, 0.0)
         t0 = time.perf_counter()
         n = candidates(k, self.cfg)
-        vec, fts = await asyncio.gather(self.vector_searches.submit((table, vector, n)), anyio.to_thread.run_sync(fulltext, table, query, n))
+        vec, fts = await asyncio.gather(self.vector_searches.submit((table, vector, n)), in_pool(fulltext, table, query, n))
         hits = fuse(vec, fts, k, self.cfg)
         return self._found(hits, version, embed_ms, (time.perf_counter() - t0) * 1000)
 

@@ -7,6 +7,7 @@ and on both held-out halves): ranks throw away how far ahead the best match is.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,12 @@ def fts_terms(query: str) -> str:
 # Vector and full-text searches run side by side: LanceDB releases the GIL, so the latency is the
 # slower of the two rather than their sum (measured at 100k chunks: p95 20 ms -> about 11 ms).
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search")
+
+
+async def in_pool(fn, *args):
+    """``fn`` on the search threads: at most 4 LanceDB calls at once however many requests wait
+    (32 at once only contend for the cores and the GIL)."""
+    return await asyncio.get_running_loop().run_in_executor(_POOL, fn, *args)
 
 
 def candidates(k: int, cfg: SearchConfig) -> int:
