@@ -13,10 +13,10 @@ import httpx
 
 from .gateway_api import create_gateway_app
 from .guard.rails import Guard
+from .heap import keep_rss_level
 from .llm_service import LLM
 from .relay import Relay, http_client
 from .retrieval.retriever import Retriever
-from .heap import keep_rss_level
 from .service_common import check_worker_socket, service_settings, only_engine_metrics, service_options
 
 def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:

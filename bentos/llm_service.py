@@ -11,9 +11,9 @@ import bentoml
 import httpx
 
 from .engine import Engine, Supervisor
+from .heap import keep_rss_level
 from .llm_api import create_app, engine_relay
 from .model_store import resolve_model
-from .heap import keep_rss_level
 from .service_common import check_worker_socket, service_settings, only_engine_metrics, service_options
 
 settings = service_settings()

