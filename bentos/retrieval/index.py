@@ -302,12 +302,16 @@ class IndexReader:
         """(table checked out at the published version, that version), taken together so a
         search is never labelled with a version it did not read; (None, None) before any."""
         now = time.monotonic()
-        if now - self._checked >= self.refresh_s:
+        if self.due(now):
             with self._lock:
                 if now - self._checked >= self.refresh_s:
                     self._follow()
                     self._checked = now
         return self._snapshot
+
+    def due(self, now: float | None = None) -> bool:
+        """Whether the next snapshot checks storage for a new publication (once per refresh_s)."""
+        return (time.monotonic() if now is None else now) - self._checked >= self.refresh_s
 
     def current(self):
         return self.snapshot()[0]

@@ -53,7 +53,9 @@ class Retriever:
     async def search(self, query: str, k: int, vector: np.ndarray, embed_ms: float = 0.0) -> Retrieval:
         """What ``retrieve`` finds, for a server: the vector search batched with other requests',
         the full-text search beside it, both off the event loop."""
-        table, version = await in_pool(self.reader.snapshot)  # may reopen the table
+        # Storage is read once per refresh_s, off the loop; otherwise the snapshot is in memory
+        # and need not queue behind other requests' searches on the pool.
+        table, version = await in_pool(self.reader.snapshot) if self.reader.due() else self.reader.snapshot()
         if table is None:
             return Retrieval([], None, 0.0, 0.0)
         t0 = time.perf_counter()
