@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,16 @@ def test_reader_started_before_reindex_follows_new_publication(corpus, tmp_path)
     assert reader.current().count_rows() == before + 1
     hits = hybrid_search(reader.current(), get_embedder().embed(["where do visitors park"])[0], "where do visitors park", 1)
     assert hits[0].doc_id == "new.md"
+
+
+def test_first_snapshot_reads_storage_whatever_the_clock_says(corpus, tmp_path):
+    """As on a machine booted more recently than one refresh period: monotonic time counts from
+    boot, so a reader must not take 'never checked' for 'checked at time zero'."""
+    db = tmp_path / "db"
+    published = IndexStore(db).reindex(read_documents(corpus)[0], get_embedder()).version
+    reader = IndexReader(db, refresh_s=time.monotonic() + 3600)
+    table, version = reader.snapshot()
+    assert version == published and table.count_rows() > 0
 
 
 KILL_SCRIPT = textwrap.dedent("""

@@ -295,7 +295,9 @@ class IndexReader:
         self.refresh_s = refresh_s
         self._db = None
         self._snapshot: tuple[object | None, int | None] = (None, None)
-        self._checked = 0.0
+        # Never checked: the first snapshot reads storage whatever the clock says (monotonic time
+        # counts from boot, so 0.0 would look recent on a machine up for less than refresh_s).
+        self._checked = float("-inf")
         self._lock = threading.Lock()
 
     def snapshot(self) -> tuple[object | None, int | None]:
