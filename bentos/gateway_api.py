@@ -127,16 +127,18 @@ def create_gateway_app(settings: Settings) -> FastAPI:
             if guard is not None:
                 for choice in body.get("choices", []):
                     message = choice.get("message") or {}
-                    checked = await guard.check_output(message.get("content") or "", sources)
+                    content = message.get("content")
+                    checked = await guard.check_output(content or "", sources, req.format_fixed)
                     if checked.blocked_by:
                         return refusal(guard, req, checked.blocked_by)
-                    choice["message"] = {**message, "content": checked.text}
+                    if content is not None or checked.text:  # a tool call's null content stays null
+                        choice["message"] = {**message, "content": checked.text}
             return JSONResponse({**body, "citations": cites})
         try:
             upstream = await llm.open_stream("/v1/chat/completions", payload)
         except UpstreamError as e:
             return e.response()
-        output_rails = StreamGuard(guard, sources) if guard is not None else None
+        output_rails = StreamGuard(guard, sources, req.format_fixed) if guard is not None else None
 
         async def events() -> AsyncIterator[bytes]:
             first = True

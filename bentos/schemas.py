@@ -10,6 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# vLLM's own request fields that constrain the output to a JSON schema, a regex, a choice or a grammar.
+VLLM_CONSTRAINTS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -32,10 +35,21 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=16)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
     @property
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def format_fixed(self) -> bool:
+        """The client fixed the answer's shape (JSON, a schema, a grammar, tool calls): the output
+        rails may mask it but never add to it, or it would no longer parse."""
+        kind = (self.response_format or {}).get("type")
+        constrained = any(k in (self.model_extra or {}) for k in VLLM_CONSTRAINTS)
+        return kind in ("json_object", "json_schema") or constrained or (bool(self.tools) and self.tool_choice != "none")
 
 
 class ErrorDetail(BaseModel):

@@ -102,6 +102,23 @@ def test_output_rail_masks_and_requires_citations(guard):
     assert run(guard.check_output("Leave is 25 days [1].", ["handbook.md"])).text == "Leave is 25 days [1]."
     assert run(guard.check_output("Leave is 25 days [7].", ["handbook.md"])).text.endswith("Sources: [1] handbook.md")  # no such source
     assert run(guard.check_output("Hello!", [])).text == "Hello!"  # no sources, nothing to cite
+    # two chunks of one document: the document is listed once, with both numbers
+    assert run(guard.check_output("Leave is 25 days.", ["handbook.md", "faq.md", "handbook.md"])).text.endswith(
+        "Sources: [1][3] handbook.md, [2] faq.md")
+
+
+@pytest.mark.parametrize("answer", ['{"contact": "hr@example.com", "days": 25}', '{"colour": "blue"}'])
+def test_output_rail_only_masks_an_answer_whose_format_the_client_fixed(guard, answer):
+    """JSON mode, a schema or tool calls: nothing may be appended, or the answer no longer parses."""
+    for text in (run(guard.check_output(answer, ["handbook.md"], format_fixed=True)).text, streamed(guard, answer, format_fixed=True)):
+        assert json.loads(text) == {k: "<EMAIL>" if "@" in str(v) else v for k, v in json.loads(answer).items()}
+    assert "Sources:" in run(guard.check_output(answer, ["handbook.md"])).text  # free text still gets its sources
+
+
+def streamed(guard, text: str, **kw) -> str:
+    sg = StreamGuard(guard, ["handbook.md"], **kw)
+    pieces = [run(sg.choice({"index": 0, "delta": {"content": text[i:i + 5]}, "finish_reason": None}))["delta"]["content"] for i in range(0, len(text), 5)]
+    return "".join(pieces) + run(sg.choice({"index": 0, "delta": {}, "finish_reason": "stop"}))["delta"]["content"]
 
 
 def test_stream_output_rails_mask_as_text_flows_and_add_sources_at_the_end(guard):

@@ -81,7 +81,10 @@ class Detectors:
         if not sources or any(1 <= int(n) <= len(sources) for n in CITATION.findall(text)):
             return text
         GUARD_METRICS.citations_added.inc()
-        listed = ", ".join(f"[{i}] {s}" for i, s in enumerate(sources, 1))
+        numbers: dict[str, list[int]] = {}  # each source once, with every number it was given
+        for i, source in enumerate(sources, 1):
+            numbers.setdefault(source, []).append(i)
+        listed = ", ".join("".join(f"[{i}]" for i in ns) + f" {source}" for source, ns in numbers.items())
         return f"{text.rstrip()}\n\n{self.footer} {listed}"
 
     async def self_check(self, stage: str, text: str) -> str | None:

@@ -75,8 +75,9 @@ class Guard:
         chunks = Handle((texts, [np.asarray(v, dtype=np.float32) for v in vectors]), f"{len(texts)} chunks")
         return await self._run("retrieval", {"type": "CheckRetrieval", "chunks": chunks}, "RetrievalChecked", "RetrievalBlocked")
 
-    async def check_output(self, text: str, sources: list[str]) -> Decision:
-        return await self._run("output", {"type": "CheckOutput", "text": text, "sources": sources, "self_check": self.self_check}, "OutputChecked", "OutputBlocked")
+    async def check_output(self, text: str, sources: list[str], format_fixed: bool = False) -> Decision:
+        event = {"type": "CheckOutput", "text": text, "sources": sources, "format_fixed": format_fixed, "self_check": self.self_check}
+        return await self._run("output", event, "OutputChecked", "OutputBlocked")
 
     def mask(self, text: str) -> str:
         """Earlier turns of the conversation, which the input flow (last message only) does not see."""
@@ -105,10 +106,10 @@ class StreamGuard:
     only while a match may still be growing), then at the end of each choice the output flow
     runs on the whole answer and whatever it adds (a source list) goes out with the last piece."""
 
-    def __init__(self, guard: Guard, sources: list[str]):
+    def __init__(self, guard: Guard, sources: list[str], format_fixed: bool = False):
         from .pii import StreamMasker
 
-        self.guard, self.sources = guard, sources
+        self.guard, self.sources, self.format_fixed = guard, sources, format_fixed
         self.maskers: dict[int, StreamMasker] = {}
         self.sent: dict[int, str] = {}
         self._new = StreamMasker
@@ -121,7 +122,7 @@ class StreamGuard:
         if choice.get("finish_reason"):
             text += masker.finish()
             so_far = self.sent.get(i, "") + text
-            d = await self.guard.check_output(so_far, self.sources)
+            d = await self.guard.check_output(so_far, self.sources, self.format_fixed)
             if d.blocked_by:
                 return {**choice, "delta": {"content": text}, "finish_reason": "content_filter", "guardrails": {"blocked_by": d.blocked_by}}
             if d.text.startswith(so_far):
