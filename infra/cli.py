@@ -166,16 +166,16 @@ def promote_modal(router_url: str, dict_name: str, live_url: str | None, candida
 @promote.command("kserve")
 @click.option("--name", default="ragserve", show_default=True, help="The InferenceService.")
 @click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("--kubectl", default="kubectl", show_default=True, help="kubectl binary (its current context is the cluster).")
+@click.option("--kubectl", help="kubectl binary (its current context is the cluster)  [default: the one installed with ragserve, else kubectl on PATH]")
 @click.option("--dry-run", is_flag=True, help="Print the kubectl commands the promotion would run, and run none.")
 @click.option("--rollback", is_flag=True, help="Only patch canaryTrafficPercent to 0 (all traffic to the previous revision), now.")
 @policy_options
-def promote_kserve(name: str, namespace: str, kubectl: str, dry_run: bool, rollback: bool, **kw) -> None:
+def promote_kserve(name: str, namespace: str, kubectl: str | None, dry_run: bool, rollback: bool, **kw) -> None:
     """Promote the latest revision of an InferenceService (applied with the green overlay at
     canaryTrafficPercent 0) by patching canaryTrafficPercent step by step."""
-    from .backends import KServeBackend
+    from .backends import KServeBackend, default_kubectl
 
-    backend = KServeBackend(name, namespace, kubectl, echo=lambda line: click.echo(line, err=True))
+    backend = KServeBackend(name, namespace, kubectl or default_kubectl(), echo=lambda line: click.echo(line, err=True))
     if dry_run:
         steps = [int(p) for p in kw["steps"].split(",")]
         for line in backend.plan(steps):

@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft7Validator
 
+from .backends import default_kubectl
+
 KSERVE_DIR = Path(__file__).parent / "kserve"
 OVERLAYS = ("blue", "green", "canary")
 PORT = 3000
@@ -24,9 +26,9 @@ LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are larg
 
 def render(overlay: str) -> list[dict]:
     """`kubectl kustomize infra/kserve/overlays/<overlay>` as a list of objects."""
-    kubectl = shutil.which("kubectl")
+    kubectl = shutil.which(default_kubectl())
     if kubectl is None:
-        raise FileNotFoundError("kubectl is not installed; it renders the overlays (`kubectl kustomize`)")
+        raise FileNotFoundError("kubectl is not installed; it renders the overlays (`kubectl kustomize`): run `make setup`")
     out = subprocess.run([kubectl, "kustomize", str(KSERVE_DIR / "overlays" / overlay)], capture_output=True, text=True, check=True).stdout
     return [d for d in yaml.load_all(out, Loader=LOADER) if d]
 
