@@ -45,20 +45,10 @@ def plain_vllm(settings: Settings, model: str) -> Iterator[tuple[str, float]]:
     """vLLM's own server with the exact flags the Bento gives it, and nothing in front."""
     engine = Engine(settings.model_copy(update={"engine_port": free_port()}), model)
     engine.start()
-    t0 = time.monotonic()
-
-    async def wait_ready() -> None:
-        async with httpx.AsyncClient() as client:
-            while not await engine.is_ready(client):
-                if not engine.running:
-                    raise RuntimeError(f"vLLM exited with {engine.exit_code}")
-                if time.monotonic() - t0 > settings.engine_start_timeout_s:
-                    raise RuntimeError("vLLM did not become ready in time")
-                await asyncio.sleep(0.5)
-
     try:
-        asyncio.run(wait_ready())
-        yield engine.base_url, time.monotonic() - t0
+        if not engine.warm_up(settings.engine_start_timeout_s):
+            raise RuntimeError(f"vLLM did not become ready (exit code {engine.exit_code})")
+        yield engine.base_url, time.monotonic() - engine.started_at
     finally:
         engine.stop()
 

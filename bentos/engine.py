@@ -9,7 +9,6 @@ it: the service reports not-ready, answers 503, and can start the engine again.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shlex
@@ -31,7 +30,15 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 RESTARTS = Counter("ragserve_engine_restarts", "Times the supervisor restarted a crashed vLLM.", registry=SERVICE_METRICS)
 
-_PR_SET_PDEATHSIG = 1
+# Runs in the engine's process in place of vLLM, then becomes vLLM: Linux is asked to SIGTERM it
+# when the thread that started it dies, so the engine never outlives the service. A tiny
+# interpreter rather than ``preexec_fn``, which can deadlock the child of a threaded program.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit('the service exited before the engine started')\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,12 +47,42 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Ask Linux to SIGTERM the engine if the service process dies without cleaning up."""
+def spawn_group(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``cmd`` as the leader of a new process group (so its children can be ended together) that
+    Linux ends with SIGTERM when the calling thread dies: call it from a thread that outlives it."""
+    return subprocess.Popen([sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd], env=env, start_new_session=True)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group; zombies hold no memory and are left out."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(pgrp) == pgid and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def end_group(pgid: int, timeout_s: float = 30) -> list[int]:
+    """SIGKILL what is left of a process group and wait until none of it runs. When vLLM's API
+    server dies, its engine core and workers live on, re-parented to init, holding their memory
+    (on a GPU, the card's): a restart next to them would fail to allocate. Returns survivors."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return []
+    deadline = time.monotonic() + timeout_s
+    while (left := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if left:
+        log.error("engine processes survived SIGKILL", extra={"fields": {"pgid": pgid, "pids": left}})
+    return left
 
 
 def vllm_launcher() -> list[str]:
@@ -109,7 +146,7 @@ def engine_environment(settings: Settings, model: str) -> dict[str, str]:
 
 
 class Engine:
-    """Starts, probes and stops one vLLM server on a loopback port."""
+    """Starts, warms, probes and stops one vLLM server on a loopback port."""
 
     def __init__(self, settings: Settings, model: str):
         self.settings = settings
@@ -117,21 +154,20 @@ class Engine:
         self.port = settings.engine_port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.generated_once = False
+        self.warm = False  # it has generated since its last start: requests go through
         self.started_at = 0.0
         self.stopping = False
 
     def start(self) -> None:
+        """Start vLLM in a process group of its own, so stop() and a restart reach its engine
+        core and workers. It dies with the calling thread: the supervisor's, or the caller's."""
+        if self.stopping:
+            return
         cmd = engine_command(self.settings, self.model, self.port)
         log.info("starting vLLM: %s", shlex.join(cmd))
-        self.generated_once = False
+        self.warm = False
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            cmd,
-            env=engine_environment(self.settings, self.model),
-            start_new_session=True,  # own process group: stop() reaches engine core and workers
-            preexec_fn=_die_with_parent,
-        )
+        self.proc = spawn_group(cmd, engine_environment(self.settings, self.model))
 
     @property
     def running(self) -> bool:
@@ -141,45 +177,56 @@ class Engine:
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
+    def warm_up(self, timeout_s: float | None = None) -> bool:
+        """Wait for the server, then generate one token: the first generation compiles and
+        allocates, so no user request pays for it or meets a 503 while nobody probes /readyz.
+        False when the engine died, is stopping or took longer than ``timeout_s``."""
+        body = {"model": self.settings.model_name, "prompt": "ok", "max_tokens": 1}
+        with httpx.Client(base_url=self.base_url, timeout=30) as client:
+            while self.running and not self.stopping:
+                try:
+                    if client.post("/v1/completions", json=body).status_code == 200:
+                        self.warm = True
+                        seconds = time.monotonic() - self.started_at
+                        log.info("vLLM ready after %.1f s", seconds, extra={"fields": {"seconds": round(seconds, 1)}})
+                        return True
+                except httpx.HTTPError:
+                    pass  # not listening yet
+                if timeout_s is not None and time.monotonic() - self.started_at > timeout_s:
+                    return False
+                time.sleep(0.5)
+        return False
+
     async def is_ready(self, client: httpx.AsyncClient) -> bool:
-        """Ready means the engine answered /health and has generated a token since it started."""
-        if not self.running:
+        """Ready means warmed up since the last start and /health answers: no side effects."""
+        if not (self.running and self.warm):
             return False
         try:
-            if not self.generated_once:
-                r = await client.post(
-                    f"{self.base_url}/v1/completions",
-                    json={"model": self.settings.model_name, "prompt": "ok", "max_tokens": 1},
-                    timeout=30,
-                )
-                self.generated_once = r.status_code == 200
-                if self.generated_once:
-                    log.info("vLLM ready after %.1f s", time.monotonic() - self.started_at)
-                return self.generated_once
-            r = await client.get(f"{self.base_url}/health", timeout=5)
-            return r.status_code == 200
+            return (await client.get(f"{self.base_url}/health", timeout=5)).status_code == 200
         except httpx.HTTPError:
             return False
 
     def stop(self, grace_s: float | None = None) -> None:
+        """SIGTERM the engine's group (vLLM drains its requests), then end what is left."""
         self.stopping = True
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        grace_s = self.settings.drain_timeout_s + 20 if grace_s is None else grace_s
-        pgid = os.getpgid(self.proc.pid)
-        log.info("stopping vLLM (pid %d)", self.proc.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.proc.wait()
+        if self.proc.poll() is None:
+            grace_s = self.settings.drain_timeout_s + 20 if grace_s is None else grace_s
+            log.info("stopping vLLM (pid %d)", self.proc.pid)
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(grace_s)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        end_group(self.proc.pid)
+        self.proc.wait()
 
 
 class Supervisor:
-    """Restarts the engine when it dies (crash, OOM kill), with growing pauses between attempts.
-    Meanwhile the service answers 503 with Retry-After and /readyz is false, so a load balancer
-    or router sends traffic elsewhere."""
+    """Starts the engine and warms it after every start; restarts it when it dies (crash, OOM
+    kill) with growing pauses between attempts. Meanwhile the service answers 503 with Retry-After and
+    /readyz is false, so a load balancer or router sends traffic elsewhere."""
 
     BACKOFF_S = (1, 2, 5, 10, 30)
 
@@ -193,22 +240,31 @@ class Supervisor:
 
     def _run(self) -> None:
         failures = 0
-        while not self.engine.stopping:
-            time.sleep(self.poll_s)
-            if self.engine.stopping or self.engine.running:
-                if self.engine.generated_once:
-                    failures = 0  # it came back and served: the next crash starts the backoff anew
-                continue
+        self.engine.start()  # from this thread, which outlives the engine (see spawn_group)
+        while True:
+            if self.engine.warm_up():
+                failures = 0  # it came back and served: the next crash starts the backoff anew
+            while self.engine.running and not self.engine.stopping:
+                time.sleep(self.poll_s)
+            if self.engine.stopping:
+                return self._outlive_engine()
             code = self.engine.exit_code
             if code == 0:
-                # A clean exit is a shutdown (`bentoml serve` signals the engine too): not a crash.
+                # A clean exit was asked for from outside (a SIGTERM to the engine): not a crash.
                 log.info("vLLM stopped; not restarting it")
                 return
             pause = self.BACKOFF_S[min(failures, len(self.BACKOFF_S) - 1)]
             log.error("vLLM exited with %s; restarting in %d s", code, pause, extra={"fields": {"exit_code": code, "attempt": failures + 1}})
+            end_group(self.engine.proc.pid)  # free its memory now, not after the pause
             time.sleep(pause)
             if self.engine.stopping:
-                return
+                return self._outlive_engine()
             failures += 1
             RESTARTS.inc()
             self.engine.start()
+
+    def _outlive_engine(self) -> None:
+        """An engine this thread started gets SIGTERM when the thread ends (spawn_group): end only
+        after it, or a second signal would cut its drain short."""
+        while self.engine.running:
+            time.sleep(self.poll_s)

@@ -44,8 +44,10 @@ def paragraph_ranks(retrieval: Retrieval, depth: int) -> list[str]:
 
 
 def eval_retrieval(settings: Settings, squad: Path, db: str | None = None) -> dict:
+    if db is None:
+        with tempfile.TemporaryDirectory(prefix="ragserve-eval-") as tmp:  # removed afterwards
+            return eval_retrieval(settings, squad, tmp)
     docs, answerable, unanswerable = load_squad(squad)
-    db = db or tempfile.mkdtemp(prefix="ragserve-eval-")
     settings = settings.model_copy(update={"db": db, "index_refresh_s": 3600})
     IndexStore(db).reindex(docs, embedder_for(settings), ChunkingConfig.from_settings(settings))
     retriever = Retriever(settings)

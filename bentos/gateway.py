@@ -6,10 +6,15 @@ It runs the guardrails, retrieves from the published LanceDB index and relays to
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import time
 from urllib.parse import unquote, urlparse
 
 import bentoml
 import httpx
+import psutil
 
 from .gateway_api import create_gateway_app
 from .guard.rails import Guard
@@ -17,7 +22,11 @@ from .heap import keep_rss_level
 from .llm_service import LLM
 from .relay import Relay, http_client
 from .retrieval.retriever import Retriever
-from .service_common import check_worker_socket, service_settings, only_engine_metrics, service_options
+from .logs import READY_MESSAGE
+from .service_common import check_worker_socket, listening_address, only_engine_metrics, service_options, service_settings
+
+log = logging.getLogger("bentos.gateway")
+
 
 def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
     """HTTP to a `bentoml.depends` service, whatever BentoML chose: a local Unix socket
@@ -60,6 +69,29 @@ class Gateway:
             "model": settings.model_name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 3, "temperature": 0})
         r.raise_for_status()
         return r.json()["choices"][0]["message"]["content"] or ""
+
+    @bentoml.on_startup
+    async def announce_readiness(self) -> None:
+        self._announcer = asyncio.get_running_loop().create_task(self._announce_when_ready())
+
+    async def _announce_when_ready(self) -> None:
+        """One log line the moment the stack can answer: its URL and how long it took since
+        `bentoml serve` started, for whoever started it. Probed through this service's own
+        listening socket, so the line means a client's first request works."""
+        host, port = listening_address() or (settings.host, settings.port)
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        probe = f"http://127.0.0.1:{port}/readyz" if host in ("0.0.0.0", "::") else f"{url}/readyz"
+        started = psutil.Process(os.getppid()).create_time()  # the `bentoml serve` process
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:
+                try:
+                    if (await client.get(probe)).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.5)
+        seconds = round(time.time() - started, 1)
+        log.info(f"{READY_MESSAGE}: {url}/v1 answers ({seconds} s after start)", extra={"fields": {"url": f"{url}/v1", "seconds": seconds}})
 
     async def __is_ready__(self) -> bool:
         """Ready when the model service is: its /readyz says the engine has generated a token."""

@@ -24,10 +24,10 @@ def engine_relay(engine: Engine, settings: Settings) -> Relay:
     """A relay to the engine that answers a clear 503 while it starts or after it died."""
 
     def ready_check() -> None:
-        if not engine.running:
+        if engine.proc is not None and not engine.running:
             raise APIError(503, "the model engine is not running; it is being restarted, retry shortly", "engine_down", {"Retry-After": "10"})
-        if not engine.generated_once:
-            raise APIError(503, "the model engine is still starting; retry when /readyz answers 200", "engine_starting", {"Retry-After": "5"})
+        if not engine.warm:
+            raise APIError(503, "the model engine is still starting; retry after the delay in Retry-After (the stack logs 'ragserve is ready' once it answers)", "engine_starting", {"Retry-After": "5"})
 
     return Relay(http_client(engine.base_url, settings.request_timeout_s), "the model engine", ready_check)
 

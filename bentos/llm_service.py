@@ -2,7 +2,8 @@
 
 The gateway (bentos/gateway.py) depends on it; `bentoml serve bentos.llm_service:LLM` serves it
 alone. BentoML provides /livez, /readyz and /metrics; the hooks below tie them to the engine:
-ready only once the engine has generated a token, vLLM's Prometheus metrics appended to BentoML's.
+ready only once the engine has generated a token (the supervisor warms it up after every start),
+vLLM's Prometheus metrics appended to BentoML's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ class LLM:
         check_worker_socket(settings)
         keep_rss_level(settings.heap_trim_s)
         self.engine = Engine(settings, resolve_model(settings))
-        self.engine.start()
         Supervisor(self.engine).start()
         self.client = engine_relay(self.engine, settings)
         openai_app.state.engine = self.client

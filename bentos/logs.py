@@ -10,6 +10,9 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# The gateway logs this once when the stack can answer; launchers (tests, benches, Modal) wait for it.
+READY_MESSAGE = "ragserve is ready"
+
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:

@@ -54,21 +54,22 @@ def requested_host(settings: Settings) -> str:
     return os.environ.get("BENTOML_HOST") or settings.host
 
 
-def listening_host() -> str | None:
-    """The address of the socket BentoML handed this worker (``--fd N``), whatever flag chose it."""
+def listening_address() -> tuple[str, int] | None:
+    """(host, port) of the socket BentoML handed this worker (``--fd N``), whatever flag chose
+    it; None outside a BentoML worker or on a Unix socket."""
     if "--fd" not in sys.argv:
         return None
     fd = int(sys.argv[sys.argv.index("--fd") + 1])
     with socket.socket(fileno=socket.dup(fd)) as s:
         name = s.getsockname()
-    return name[0] if isinstance(name, tuple) else None  # None: a Unix socket
+    return tuple(name[:2]) if isinstance(name, tuple) else None
 
 
 def check_worker_socket(settings: Settings) -> None:
     """Run in each worker: the import-time check cannot see every way an address is chosen."""
-    host = listening_host()
-    if host is not None:
-        settings.check_bind(host)
+    address = listening_address()
+    if address is not None:
+        settings.check_bind(address[0])
 
 
 def only_engine_metrics(text: str) -> str:

@@ -7,7 +7,6 @@ fail). These settings check them first, so `modal deploy` stops with a message n
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 

@@ -124,7 +124,7 @@ class Server:
         if cfg.memory_snapshot:
             self._engine("/wake_up")
             reload(index_volume)  # the snapshot may hold an old view of the index
-            launch.wait_ready(self.stack, "/readyz", cfg.startup_timeout)
+            launch.wait_ready(self.stack, cfg.startup_timeout, probe="/readyz")
         self.follower = VolumeFollower(index_volume, cfg.index_reload_s).start()
 
     @modal.web_server(port=SERVE_PORT, startup_timeout=cfg.startup_timeout)

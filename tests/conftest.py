@@ -6,10 +6,19 @@ The compile cache lives in the user cache (~/.cache/vllm), so later sessions sta
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
+import psutil
 import pytest
 
 OFFLINE_ENV = {
@@ -20,6 +29,10 @@ OFFLINE_ENV = {
     "BENTOML_DO_NOT_TRACK": "True",
 }
 os.environ.update(OFFLINE_ENV)
+# Every process this run starts inherits this mark, even ones that outlive their parents (an
+# orphaned engine core): the session's last teardown looks for it.
+RUN_MARK = "RAGSERVE_TEST_RUN"
+os.environ[RUN_MARK] = uuid.uuid4().hex
 START_TIMEOUT_S = float(os.environ.get("RAGSERVE_TEST_START_TIMEOUT_S", "900"))
 
 
@@ -31,6 +44,45 @@ def record(line: str) -> None:
     of passing tests)."""
     FIGURES.append(line)
     print("\n" + line)
+
+
+def started_by_this_run() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != os.getpid() and p.environ().get(RUN_MARK) == os.environ[RUN_MARK]:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass  # gone, a zombie, or not ours to read
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running():
+    """Set up first, torn down last: once every stack has been stopped, no process this run
+    started may still be running (a leaked engine keeps gigabytes, on a GPU the whole card)."""
+    yield
+    _, alive = psutil.wait_procs(started_by_this_run(), timeout=30)
+    if alive:
+        left = []
+        for p in alive:
+            try:
+                left.append(f"{p.pid} {' '.join(p.cmdline())[:160]}")
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if left:
+            pytest.fail("still running after the tests (now killed):\n" + "\n".join(left))
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that need no stack first, while the stacks boot; then a new user's first request
+    (tests/test_first_contact.py), on a stack that has just said it is ready and that nothing
+    else has touched; then the other stack tests in their files' order."""
+    def needs_stack(item) -> bool:
+        return uses(item, "stack") or uses(item, "unguarded_stack")
+
+    items.sort(key=lambda item: (needs_stack(item), item.get_closest_marker("first_contact") is None))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -57,8 +109,10 @@ def log_lines(path: Path, needle: str, timeout_s: float = 5.0) -> list[dict]:
 class ServedStack:
     url: str
     api_key: str
-    launched: object
     db: Path
+    log_path: Path
+    server: psutil.Process  # `bentoml serve`
+    ready_s: float
 
     def openai(self, **kw):
         import openai
@@ -69,6 +123,7 @@ class ServedStack:
 
 
 CORPUS = Path(__file__).parent / "corpus"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_index(db: Path, source: Path = CORPUS):
@@ -81,43 +136,124 @@ def build_index(db: Path, source: Path = CORPUS):
     return IndexStore(db).reindex(docs, get_embedder())
 
 
-def start_stack(tmp_path, env_extra: dict[str, str] | None = None, api_key: str | None = None) -> ServedStack:
-    from bentos import launch
+def stack_env(tmp_path: Path, api_key: str, extra: dict[str, str]) -> tuple[dict[str, str], Path, int]:
+    """A fresh index of tests/corpus, a free port and the stack's environment."""
     from bentos.engine import free_port
 
     db = tmp_path / "lancedb"
     build_index(db)
     port = free_port()
-    api_key = api_key or "test-key-" + os.urandom(6).hex()
-    env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_API_KEY": api_key, "RAGSERVE_DB": str(db), **(env_extra or {})}
+    env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_API_KEY": api_key, "RAGSERVE_DB": str(db), **extra}
     env.pop("PORT", None)
+    return env, db, port
+
+
+def start_stack(tmp_path: Path, api_key: str, extra: dict[str, str]) -> tuple[ServedStack, Callable[[], None]]:
+    """`bentoml serve .` as `make serve` runs it; returns once it logs that it is ready."""
+    from bentos import launch
+
+    env, db, port = stack_env(tmp_path, api_key, extra)
     launched = launch.start_bento(port, env, tmp_path / f"stack-{port}.log", START_TIMEOUT_S)
-    record(f"stack ready on {launched.url} after {launched.ready_s:.1f} s (log: {launched.log_path})")
-    return ServedStack(launched.url, api_key, launched, db)
+    stack = ServedStack(launched.url, api_key, db, launched.log_path, psutil.Process(launched.proc.pid), launched.ready_s)
+    return stack, lambda: launch.stop(launched)
+
+
+def start_modal_container(tmp_path: Path, api_key: str, extra: dict[str, str]) -> tuple[ServedStack, Callable[[], None]]:
+    """The Modal serving class run locally as a container runs it (tests/modal_container.py), in
+    a process of its own so that its RAGSERVE_* environment stays its own."""
+    env, db, port = stack_env(tmp_path, api_key, {**extra, "TMPDIR": str(tmp_path)})  # its log lands beside the rest
+    out = tmp_path / "container.out"
+    with open(out, "wb") as sink:
+        helper = subprocess.Popen([sys.executable, str(Path(__file__).with_name("modal_container.py"))], cwd=ROOT, env=env,
+                                  stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        helper.stdin.close()  # the container's exit: it stops its stack
+        helper.wait(120)
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (ready := [line for line in out.read_text(errors="replace").splitlines() if line.startswith("READY ")]):
+        if helper.poll() is not None or time.monotonic() > deadline:
+            stop() if helper.poll() is None else None
+            raise RuntimeError(f"the Modal container did not start:\n{out.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.5)
+    info = json.loads(ready[0][6:])
+    return ServedStack(info["url"], api_key, db, Path(info["log"]), psutil.Process(info["pid"]), info["ready_s"]), stop
+
+
+class Boot:
+    """A stack booting on a thread of its own from the start of the session, while the tests
+    that do not need it run (they go first, see pytest_collection_modifyitems)."""
+
+    def __init__(self, name: str, start: Callable[[], tuple[ServedStack, Callable[[], None]]]):
+        self.name, self.stack, self.stop, self.error = name, None, None, None
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, args=(start,), name=f"boot-{name}", daemon=True)
+        self.thread.start()
+
+    def _run(self, start) -> None:
+        try:
+            self.stack, self.stop = start()
+            FIGURES.append(f"{self.name} ready on {self.stack.url} after {self.stack.ready_s:.1f} s "
+                           f"({time.monotonic() - self.started:.1f} s after the session started; log: {self.stack.log_path})")
+        except BaseException as e:  # handed to the tests that wait for it
+            self.error = e
+
+    def get(self) -> ServedStack:
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"the {self.name} did not start") from self.error
+        return self.stack
+
+    def close(self) -> None:
+        self.thread.join()
+        if self.stop is not None:
+            self.stop()
+
+
+def uses(item, fixture: str) -> bool:
+    return fixture in getattr(item, "fixturenames", ())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def boots(request, tmp_path_factory, nothing_left_running) -> dict[str, Boot]:
+    """Both stacks start at once when the session does, if any selected test needs them. One
+    key for both: they are the two halves of a blue-green pair in the promotion tests."""
+    items = request.session.items
+    key = "test-key-" + os.urandom(6).hex()
+    started: dict[str, Boot] = {}
+    if any(uses(i, "stack") or uses(i, "unguarded_stack") for i in items):
+        from bentos.retrieval.embedder import get_embedder
+
+        get_embedder()  # loaded once, before both boots index their corpus with it
+    if any(uses(i, "stack") for i in items):
+        # The prompt audit log shows what the model received (tests/test_guardrails_gateway.py
+        # reads it); small capacity limits make a burst overflow them (tests/test_hostile_input.py).
+        extra = {"RAGSERVE_LOG_PROMPTS": "true", "RAGSERVE_MAX_CONCURRENT_REQUESTS": "16", "RAGSERVE_MAX_QUEUED_REQUESTS": "16"}
+        started["stack"] = Boot("stack", partial(start_stack, tmp_path_factory.mktemp("stack"), key, extra))
+    if any(uses(i, "unguarded_stack") for i in items):
+        # Fast boot (no compilation: it does not race the other stack for the compile cache) and
+        # rails off; vLLM's CPU build pins every engine to core 0, so this one gets core 1.
+        extra = {"RAGSERVE_GUARDRAILS": "false", "RAGSERVE_ENFORCE_EAGER": "true"}
+        if (os.cpu_count() or 1) > 1:
+            extra["VLLM_CPU_OMP_THREADS_BIND"] = "1"
+        started["unguarded_stack"] = Boot("Modal container (fast boot, rails off)",
+                                          partial(start_modal_container, tmp_path_factory.mktemp("unguarded"), key, extra))
+    yield started
+    for boot in started.values():
+        boot.close()
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> ServedStack:
-    from bentos import launch
-
-    # The prompt audit log shows what the model received (tests/test_guardrails.py reads it);
-    # small capacity limits make a burst overflow them (tests/test_hostile_input.py).
-    s = start_stack(tmp_path_factory.mktemp("stack"), {"RAGSERVE_LOG_PROMPTS": "true", "RAGSERVE_MAX_CONCURRENT_REQUESTS": "16", "RAGSERVE_MAX_QUEUED_REQUESTS": "16"})
-    yield s
-    launch.stop(s.launched)
+def stack(boots) -> ServedStack:
+    """The stack `make serve` runs, guarded, with tests/corpus indexed."""
+    return boots["stack"].get()
 
 
 @pytest.fixture(scope="session")
-def unguarded_stack(stack, tmp_path_factory) -> ServedStack:
-    """A second stack, rails off, same key: the other half of a blue-green pair for the promotion
-    tests (a candidate that must fail the guardrail gate, or a live release to promote over)."""
-    from bentos import launch
-
-    env = {"RAGSERVE_GUARDRAILS": "false"}
-    if (os.cpu_count() or 1) > 1:
-        # vLLM's CPU build pins every engine's threads to core 0 (it keeps the other free): this
-        # one gets core 1, so the two engines do not share one core under load.
-        env["VLLM_CPU_OMP_THREADS_BIND"] = "1"
-    s = start_stack(tmp_path_factory.mktemp("unguarded"), env, api_key=stack.api_key)
-    yield s
-    launch.stop(s.launched)
+def unguarded_stack(boots) -> ServedStack:
+    """A second stack, rails off, same key, started by the Modal serving class as a container
+    starts it (fast boot): the other half of a blue-green pair for the promotion tests (a
+    candidate that must fail the guardrail gate, or a live release to promote over), and the
+    one the engine-death and shutdown tests may break."""
+    return boots["unguarded_stack"].get()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -36,6 +37,25 @@ def test_answer_cites_the_right_source(stack):
     assert r.model_extra["citations"][0]["source"] == "handbook.md"
     r = ask(stack, "When are firmware updates released?")
     assert r.model_extra["citations"][0]["source"] == "faq/firmware"  # a JSONL record's own source
+
+
+CAPITAL = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 24}}, "required": ["capital"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_json_schema_answer_stays_json_with_citations_beside_it(stack, stream):
+    """The client fixed the format: the output rails must not append a source list to it."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "capital", "schema": CAPITAL, "strict": True}}
+    r = stack.openai().chat.completions.create(model="x", messages=[{"role": "user", "content": "What is the capital of France?"}],
+                                               max_tokens=60, response_format=fmt, stream=stream)
+    if stream:
+        chunks = list(r)
+        content, cites = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[0].model_extra["citations"]
+    else:
+        content, cites = r.choices[0].message.content, r.model_extra["citations"]
+    answer = json.loads(content)
+    assert set(answer) == {"capital"} and isinstance(answer["capital"], str)
+    assert cites and cites[0]["source"] == "geography.md"
 
 
 def test_time_before_the_model_is_exported(stack):
@@ -119,7 +139,7 @@ def test_structured_logs_carry_request_id_and_no_query_text(stack):
                    headers={"Authorization": f"Bearer {stack.api_key}", "X-Request-ID": rid})
     assert r.headers["x-request-id"] == rid
     assert len(httpx.get(f"{stack.url}/v1/models").headers["x-request-id"]) == 32  # one is made up if absent
-    lines = log_lines(stack.launched.log_path, rid)
+    lines = log_lines(stack.log_path, rid)
     access = [l for l in lines if l["msg"] == "request"]
     assert access and access[0]["status"] == 200 and access[0]["path"] == "/v1/retrieve" and access[0]["ms"] > 0
-    assert secret not in stack.launched.log_path.read_text()
+    assert secret not in stack.log_path.read_text()

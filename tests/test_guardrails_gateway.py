@@ -48,11 +48,11 @@ def test_personal_data_never_reaches_the_model_unmasked(stack):
                    headers={"Authorization": f"Bearer {stack.api_key}", "X-Request-ID": rid},
                    json={"messages": [{"role": "user", "content": question}], "max_tokens": 16})
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] != "content_filter", r.text
-    prompts = [line for line in log_lines(stack.launched.log_path, '"msg": "prompt"') if "<CARD_NUMBER>" in str(line["messages"])]
+    prompts = [line for line in log_lines(stack.log_path, '"msg": "prompt"') if "<CARD_NUMBER>" in str(line["messages"])]
     assert prompts, "the model service logged no prompt with the masked card number"
     received = str(prompts[-1]["messages"])
     assert "<EMAIL>" in received and "<CARD_NUMBER>" in received
-    log = stack.launched.log_path.read_text()
+    log = stack.log_path.read_text()
     assert "john.doe@example.com" not in log and "4111 1111 1111 1111" not in log
 
 

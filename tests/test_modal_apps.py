@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from conftest import CORPUS, build_index, record
+from conftest import CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,29 +189,15 @@ def test_reindex_local_publishes_into_a_folder_and_a_failed_run_keeps_it(apps, t
 
 
 @pytest.mark.stack
-def test_serving_class_runs_the_stack_locally_with_fast_boot(apps, tmp_path, monkeypatch):
+def test_serving_class_runs_the_stack_locally_with_fast_boot(unguarded_stack):
     """`.local()` runs the class's enter hooks and web method as a container would: the same
-    `bentoml serve .` as `make serve`, here with the fast-boot switch (--enforce-eager)."""
-    serve, _ = apps
-    from bentos import launch
-    from bentos.engine import free_port
+    `bentoml serve .` as `make serve`, here with the fast-boot switch (--enforce-eager). The
+    session's second stack is this container (tests/modal_container.py)."""
+    import openai
 
-    db = tmp_path / "lancedb"
-    build_index(db)
-    port, key = free_port(), "modal-local-key"
-    for name, value in {"RAGSERVE_PORT": str(port), "RAGSERVE_API_KEY": key, "RAGSERVE_DB": str(db), "RAGSERVE_ENFORCE_EAGER": "true"}.items():
-        monkeypatch.setenv(name, value)
-    server = serve.Server()
-    server.api.local()
-    try:
-        assert "--enforce-eager" in server.stack.log_path.read_text()
-        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
-        import openai
-
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=120)
-        r = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "How many days do I have to ask for a refund?"}], max_tokens=24)
-        assert r.choices[0].message.content
-        assert r.model_extra["citations"], "the answer should come with the retrieved sources"
-        record(f"Modal serving class up locally in {server.stack.ready_s:.1f} s (fast boot)")
-    finally:
-        launch.stop(server.stack)
+    assert "--enforce-eager" in unguarded_stack.log_path.read_text()
+    client = openai.OpenAI(base_url=f"{unguarded_stack.url}/v1", api_key=unguarded_stack.api_key, max_retries=0, timeout=120)
+    r = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "How many days do I have to ask for a refund?"}], max_tokens=24)
+    assert r.choices[0].message.content
+    assert r.model_extra["citations"], "the answer should come with the retrieved sources"
+    assert httpx.get(f"{unguarded_stack.url}/readyz", timeout=10).status_code == 200

@@ -277,13 +277,20 @@ def patches(log: Path) -> list[int]:
     return [json.loads(c[c.index("-p") + 1])["spec"]["predictor"]["canaryTrafficPercent"] for c in calls if c[0] == "patch"]
 
 
+async def no_fault(request: Request) -> None:
+    return None
+
+
 @pytest.mark.parametrize("good", [True, False], ids=["promoted", "rolled-back"])
 def test_kserve_backend_patches_canary_traffic(stack, unguarded_stack, tmp_path, good):
-    """Gates run against the revisions' own URLs; traffic moves only through canaryTrafficPercent."""
-    latest = stack.url if good else unguarded_stack.url
-    exe, state, log = fake_kubectl(tmp_path, prev=unguarded_stack.url if good else stack.url, latest=latest)
-    result = CliRunner().invoke(ragserve, ["promote", "kserve", "-n", "llm", "--kubectl", str(exe), "--eval", str(EVAL), "--api-key", stack.api_key,
-                                           "--step-seconds", "1", "--min-step-requests", "0"])
+    """Gates run against the revisions' own URLs; traffic moves only through canaryTrafficPercent.
+    The good candidate is a new revision of the live release (the guarded stack, behind a proxy
+    so the two tag URLs differ), so the default gates hold; the bad one has its rails off."""
+    with serving(proxy_with_fault(stack.url, no_fault)) as same_release:
+        latest = same_release if good else unguarded_stack.url
+        exe, state, log = fake_kubectl(tmp_path, prev=stack.url, latest=latest)
+        result = CliRunner().invoke(ragserve, ["promote", "kserve", "-n", "llm", "--kubectl", str(exe), "--eval", str(EVAL), "--api-key", stack.api_key,
+                                               "--step-seconds", "1", "--min-step-requests", "0"])
     if good:
         assert result.exit_code == 0, result.output
         assert patches(log) == [10, 50, 100] and json.loads(state.read_text())["percent"] == 100

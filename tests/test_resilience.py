@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 
+from bentos.engine import group_members
 from conftest import START_TIMEOUT_S, record
 
 pytestmark = pytest.mark.stack
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.stack
 
 def engine_process(stack) -> psutil.Process:
     """vLLM's API server among the stack's descendants (it runs in its own session)."""
-    for p in psutil.Process(stack.launched.proc.pid).children(recursive=True):
+    for p in stack.server.children(recursive=True):
         if "vllm.entrypoints.openai.api_server" in " ".join(p.cmdline()):
             return p
     raise AssertionError("no vLLM process under the stack")
@@ -32,10 +33,16 @@ def chat(stack, timeout: float = 120) -> httpx.Response:
 
 
 def test_engine_death_fails_fast_with_503_and_the_engine_is_restarted(unguarded_stack):
+    """SIGKILL to vLLM's API server (a crash, the OOM killer): requests fail fast with 503; the
+    supervisor ends what is left of the old engine (its engine core and workers would otherwise
+    live on, holding their memory), starts a new one and warms it, so a client that simply
+    retries as Retry-After says is answered again, with nothing probing /readyz."""
     s = unguarded_stack
     assert chat(s).status_code == 200
     victim = engine_process(s)
-    victim.kill()  # SIGKILL: a crash or the OOM killer, no chance to clean up
+    family = victim.children(recursive=True)  # its engine core and workers
+    assert family, "vLLM's API server has no engine core under it"
+    victim.kill()  # no chance to clean up
     victim.wait(30)
     died = time.monotonic()
     t0 = time.perf_counter()
@@ -44,14 +51,18 @@ def test_engine_death_fails_fast_with_503_and_the_engine_is_restarted(unguarded_
     assert r.status_code == 503 and r.headers.get("retry-after"), r.text
     assert r.json()["error"]["code"] in ("engine_down", "engine_starting") and "retry" in r.json()["error"]["message"]
     assert failed_in < 2.0
-    assert httpx.get(s.url + "/readyz", timeout=10).status_code == 503
-    while httpx.get(s.url + "/readyz", timeout=10).status_code != 200:
-        assert time.monotonic() - died < START_TIMEOUT_S, "the engine did not come back"
-        time.sleep(1)
+    while r.status_code != 200:
+        assert r.status_code == 503 and time.monotonic() - died < START_TIMEOUT_S, f"the engine did not come back: {r.status_code} {r.text}"
+        time.sleep(float(r.headers["retry-after"]))
+        r = chat(s)
     back_s = time.monotonic() - died
-    assert chat(s).status_code == 200 and engine_process(s).pid != victim.pid
+    assert engine_process(s).pid != victim.pid
+    _, alive = psutil.wait_procs(family, timeout=0)
+    assert not alive and not group_members(victim.pid), f"the old engine lives on: {[p.pid for p in alive]}"
+    assert httpx.get(s.url + "/readyz", timeout=10).status_code == 200
     assert re.search(r"^ragserve_engine_restarts_total 1\.0$", httpx.get(s.url + "/metrics").text, re.M), "the restart is not counted on /metrics"
-    record(f"engine killed: requests failed fast with 503 in {failed_in * 1000:.0f} ms; engine restarted and ready after {back_s:.1f} s")
+    record(f"engine killed: requests failed fast with 503 in {failed_in * 1000:.0f} ms; old engine core and workers ended; "
+           f"answered again {back_s:.1f} s after the kill (a client retrying as Retry-After says)")
 
 
 def test_sigterm_finishes_streams_in_flight_before_exiting(unguarded_stack):
@@ -84,10 +95,10 @@ def test_sigterm_finishes_streams_in_flight_before_exiting(unguarded_stack):
     while "first" not in got:
         assert time.monotonic() < deadline, "the stream never started"
         time.sleep(0.05)
-    s.launched.proc.send_signal(signal.SIGTERM)
+    s.server.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
     reader.join(180)
-    s.launched.proc.wait(120)
+    s.server.wait(120)
     exited = time.monotonic() - signalled
     assert got["status"] == 200 and got["finish"] == "length" and got["usage"]["completion_tokens"] == 120, got
     record(f"SIGTERM mid-stream: the stream finished all 120 tokens; the stack exited {exited:.1f} s after the signal")
