@@ -110,4 +110,5 @@ class Gateway:
 
     @bentoml.on_shutdown
     async def shutdown(self) -> None:
+        self._announcer.cancel()  # still waiting if the stack never became ready
         await self.llm_http.aclose()

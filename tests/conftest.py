@@ -1,7 +1,10 @@
-"""One served stack per test session: `bentoml serve` on a free port with the embedded model.
+"""Two served stacks per test session, both booting in the background from its first second:
+the guarded one `make serve` runs, and a rails-off one started by the Modal serving class.
 
-vLLM takes 30-150 s to start on a CPU, so every test that needs the engine shares this server.
-The compile cache lives in the user cache (~/.cache/vllm), so later sessions start warm.
+vLLM takes 30-150 s to start on a CPU, so every test that needs an engine shares these, and the
+tests that need none run first, while they boot. Nothing probes /readyz on a test's behalf: a
+stack counts as up when it logs its ready line, as a user sees it. The compile cache lives in the
+user cache, so later sessions start warm.
 """
 
 from __future__ import annotations
@@ -94,9 +97,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 def log_lines(path: Path, needle: str, timeout_s: float = 5.0) -> list[dict]:
     """The JSON log lines of a served stack that contain ``needle`` (waiting for them to be written)."""
-    import json
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{") and needle in line]
