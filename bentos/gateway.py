@@ -16,14 +16,20 @@ import bentoml
 import httpx
 import psutil
 
-from .gateway_api import create_gateway_app
-from .guard.rails import Guard
-from .heap import keep_rss_level
-from .llm_service import LLM
-from .relay import Relay, http_client
-from .retrieval.retriever import Retriever
-from .logs import READY_MESSAGE
-from .service_common import check_worker_socket, listening_address, only_engine_metrics, service_options, service_settings
+from bentos.chat.api import create_gateway_app, wire
+from bentos.guard.rails import Guard
+from bentos.llm_service import LLM
+from bentos.retrieval.retriever import Retriever
+from bentos.web.heap import keep_rss_level
+from bentos.web.logs import READY_MESSAGE
+from bentos.web.metrics import only_engine_metrics
+from bentos.web.relay import Relay, http_client
+from bentos.web.service import (
+    check_worker_socket,
+    listening_address,
+    service_options,
+    service_settings,
+)
 
 log = logging.getLogger("bentos.gateway")
 
@@ -58,10 +64,9 @@ class Gateway:
         self.llm_http = dependency_client(type(self).llm.url, settings.request_timeout_s)
         key = settings.api_key_value
         self.relay = Relay(self.llm_http, "the model service", headers={"Authorization": f"Bearer {key}"} if key else None)
-        gateway_app.state.llm = self.relay
-        gateway_app.state.retriever = self.retriever
         # Loaded here, not per request: a missing classifier or a bad config stops start-up.
-        gateway_app.state.guard = Guard(settings, self.ask_model) if settings.guardrails else None
+        guard = Guard(settings, self.ask_model) if settings.guardrails else None
+        wire(gateway_app, settings, self.retriever, self.relay, guard)
 
     async def ask_model(self, prompt: str) -> str:
         """One short answer from the served model, for the optional self-check rails."""

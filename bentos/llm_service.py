@@ -11,11 +11,12 @@ from __future__ import annotations
 import bentoml
 import httpx
 
-from .engine import Engine, Supervisor
-from .heap import keep_rss_level
-from .llm_api import create_app, engine_relay
-from .model_store import resolve_model
-from .service_common import check_worker_socket, service_settings, only_engine_metrics, service_options
+from bentos.model.api import create_app, engine_relay
+from bentos.model.engine import Engine, Supervisor
+from bentos.model.store import resolve_model
+from bentos.web.heap import keep_rss_level
+from bentos.web.metrics import only_engine_metrics
+from bentos.web.service import check_worker_socket, service_options, service_settings
 
 settings = service_settings()
 openai_app = create_app(settings)

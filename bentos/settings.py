@@ -17,6 +17,10 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_MODEL = "embedded"
+# Quiet and offline by default wherever the stack runs: no usage telemetry from vLLM, NeMo
+# Guardrails or BentoML, and no hub downloads (a deployment that wants the hub sets HF_HUB_OFFLINE=0).
+TELEMETRY_OFF = {"VLLM_NO_USAGE_STATS": "1", "NEMO_GUARDRAILS_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "True"}
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", **TELEMETRY_OFF}
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout, or a Bento's src folder
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 

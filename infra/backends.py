@@ -15,6 +15,8 @@ from typing import Callable, Protocol
 
 import httpx
 
+from bentos.web.metrics import samples
+
 from .gates import SlotCounts, router_counts
 from .traffic import DictStore, Slot, Traffic
 
@@ -171,25 +173,22 @@ class KServeBackend:
 def bento_counts(url: str) -> SlotCounts:
     """A gateway's own counters of chat requests: BentoML's request metrics on its /metrics (which
     also carry the model service's, told apart by ``service_name``)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     try:
         text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
     except httpx.HTTPError as e:
         raise BackendError(f"cannot read {url}/metrics ({type(e).__name__})") from None
     c = SlotCounts()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = s.labels
-            if labels.get("service_name") != "ragserve-gateway" or not labels.get("endpoint", "").startswith("/v1/chat"):
-                continue
-            failed = labels.get("http_response_code", "").startswith("5")
-            if s.name == "bentoml_service_request_total":
-                if failed:
-                    c.errors += s.value
-                else:
-                    c.ok += s.value
-            elif s.name == "bentoml_service_request_duration_seconds_bucket" and not failed:
-                le = float(labels["le"])
-                c.buckets[le] = c.buckets.get(le, 0.0) + s.value
+    for s in samples(text):
+        labels = s.labels
+        if labels.get("service_name") != "ragserve-gateway" or not labels.get("endpoint", "").startswith("/v1/chat"):
+            continue
+        failed = labels.get("http_response_code", "").startswith("5")
+        if s.name == "bentoml_service_request_total":
+            if failed:
+                c.errors += s.value
+            else:
+                c.ok += s.value
+        elif s.name == "bentoml_service_request_duration_seconds_bucket" and not failed:
+            le = float(labels["le"])
+            c.buckets[le] = c.buckets.get(le, 0.0) + s.value
     return c

@@ -1,4 +1,5 @@
-"""`ragserve router` and `ragserve promote`: the release commands (registered by bentos/cli.py)."""
+"""`ragserve router` and `ragserve promote`: the release commands, added to `ragserve` through the
+`ragserve.commands` entry points in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def router(blue: str, green: str | None, host: str, port: int, state: Path | Non
 
     import uvicorn
 
-    from bentos.logs import setup_service_logging
+    from bentos.web.logs import setup_service_logging
 
     from .router import create_router_app
     from .traffic import MemoryStore, Traffic

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import httpx
 import openai
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from bentos.loadgen import run_load
+from bentos.tools.launch import answers, wait_for
+from bentos.tools.loadgen import run_load
+from bentos.web.metrics import samples
 
 
 @dataclass
@@ -75,21 +76,12 @@ def read_eval_set(path: Path) -> list[EvalCase]:
 # --- gates on the candidate alone ----------------------------------------------------------------
 
 def is_ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/readyz", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return answers(url + "/readyz")
 
 
 def wait_ready(url: str, timeout_s: float, poll_s: float = 1.0) -> float:
     """Seconds until ``url``/readyz answered 200; raises TimeoutError after ``timeout_s``."""
-    started = time.monotonic()
-    while True:
-        if is_ready(url):
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"{url}/readyz did not answer 200 within {timeout_s:.0f} s")
-        time.sleep(poll_s)
+    return wait_for(lambda: is_ready(url), timeout_s, f"{url}/readyz answering 200", poll_s)
 
 
 def client(url: str, api_key: str | None) -> openai.OpenAI:
@@ -217,19 +209,18 @@ class SlotCounts:
 def router_counts(metrics_text: str) -> dict[str, SlotCounts]:
     """Per-slot counts from the router's Prometheus text (``ragserve_router_*``)."""
     counts: dict[str, SlotCounts] = {}
-    for family in text_string_to_metric_families(metrics_text):
-        for s in family.samples:
-            slot = s.labels.get("upstream")
-            if slot is None:
-                continue
-            c = counts.setdefault(slot, SlotCounts())
-            if s.name == "ragserve_router_attempts_total":
-                if s.labels["outcome"] == "ok":
-                    c.ok += s.value
-                else:
-                    c.errors += s.value
-            elif s.name == "ragserve_router_response_seconds_bucket":
-                c.buckets[float(s.labels["le"])] = s.value
+    for s in samples(metrics_text):
+        slot = s.labels.get("upstream")
+        if slot is None:
+            continue
+        c = counts.setdefault(slot, SlotCounts())
+        if s.name == "ragserve_router_attempts_total":
+            if s.labels["outcome"] == "ok":
+                c.ok += s.value
+            else:
+                c.errors += s.value
+        elif s.name == "ragserve_router_response_seconds_bucket":
+            c.buckets[float(s.labels["le"])] = s.value
     return counts
 
 

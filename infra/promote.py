@@ -19,7 +19,6 @@ from .backends import Backend, BackendError
 from .gates import EvalCase, Verdict
 from .traffic import Slot
 
-
 MAX_HOLD_FACTOR = 10  # a step without enough requests fails after this many step_s
 
 

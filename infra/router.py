@@ -14,17 +14,23 @@ import hmac
 import logging
 import random
 import time
-from typing import AsyncIterator
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from bentos.logs import AccessLog
-from bentos.relay import HOP_HEADERS
+from bentos.web.logs import AccessLog
+from bentos.web.relay import HOP_HEADERS, body_of, http_client
 
 from .traffic import SLOTS, Slot, Traffic
 
@@ -60,7 +66,7 @@ def create_router_app(store, admin_key: str | None = None, timeout_s: float = 30
     """``store`` holds the routing table (``MemoryStore`` locally, ``DictStore`` on Modal). With
     ``admin`` off (Modal) the table is read-only here: `ragserve promote modal` writes the Dict."""
     metrics = RouterMetrics()
-    client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=5), limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+    client = http_client("", timeout_s)
     expected_admin = f"Bearer {admin_key}".encode() if admin_key else None
 
     def table() -> Traffic:
@@ -110,14 +116,7 @@ def create_router_app(store, admin_key: str | None = None, timeout_s: float = 30
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_FORWARDED}
         headers[UPSTREAM_HEADER] = slot
 
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-            finally:
-                await upstream.aclose()  # a client that goes away cancels the generation upstream
-
-        return StreamingResponse(relay(), status_code=upstream.status_code, headers=headers)
+        return StreamingResponse(body_of(upstream), status_code=upstream.status_code, headers=headers)
 
     def is_admin(request: Request) -> bool:
         if expected_admin is None:

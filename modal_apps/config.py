@@ -7,9 +7,11 @@ fail). These settings check them first, so `modal deploy` stops with a message n
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
+from croniter import croniter
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -28,36 +30,25 @@ GPU_MAX_COUNT = {
 # --enforce-eager; a memory snapshot is made from a full boot, so the first start costs the same.
 EXPECTED_COLD_START_S = {"compiled": 240, "fast_boot": 60}
 
-CRON_FIELDS = (
-    ("minute", 0, 59, {}),
-    ("hour", 0, 23, {}),
-    ("day of month", 1, 31, {}),
-    ("month", 1, 12, {m: i + 1 for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())}),
-    ("day of week", 0, 7, {d: i for i, d in enumerate("SUN MON TUE WED THU FRI SAT".split())}),
-)
+CRON_FIELDS = ("minute", "hour", "day of month", "month", "day of week")
 
 
 def check_cron(expr: str) -> str:
-    """A five-field cron expression (minute hour day-of-month month day-of-week) or ValueError."""
+    """A five-field cron expression (minute hour day-of-month month day-of-week) or ValueError
+    naming the field. croniter judges each field; what it allows and cron(8) refuses is refused
+    here too: a sixth (seconds) field, and a range that runs backwards (croniter wraps it)."""
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(
             f"cron {expr!r} has {len(fields)} fields; Modal's Cron takes 5: minute hour day-of-month "
             "month day-of-week, e.g. '0 3 * * *' (every day at 03:00 UTC)"
         )
-    for text, (name, lo, hi, names) in zip(fields, CRON_FIELDS):
-        for item in text.split(","):
-            base, slash, step = item.partition("/")
-            if slash and not (step.isdigit() and int(step) > 0):
-                raise ValueError(f"cron {expr!r}: the step in {name} {item!r} must be a whole number ≥ 1")
-            if base == "*":
-                continue
-            ends = base.split("-")
-            values = [int(v) if v.isdigit() else names.get(v.upper()) for v in ends]
-            if len(ends) > 2 or any(v is None or not lo <= v <= hi for v in values):
-                raise ValueError(f"cron {expr!r}: {name} {item!r} is not a value or range within {lo}-{hi}")
-            if len(values) == 2 and values[0] > values[1]:
-                raise ValueError(f"cron {expr!r}: {name} range {base!r} runs backwards")
+    for i, (name, text) in enumerate(zip(CRON_FIELDS, fields)):
+        if not croniter.is_valid(" ".join(text if j == i else "*" for j in range(5))):
+            raise ValueError(f"cron {expr!r}: {name} {text!r} is not a valid value, range, list or step for that field")
+        for lo, hi in re.findall(r"(\d+)-(\d+)", text):
+            if int(lo) > int(hi):
+                raise ValueError(f"cron {expr!r}: {name} range {lo}-{hi} runs backwards")
     return expr
 
 

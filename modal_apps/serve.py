@@ -19,13 +19,23 @@ from pathlib import Path
 import httpx
 import modal
 
-from bentos import launch
 from bentos.settings import EMBEDDED_MODEL, Settings
+from bentos.tools import launch
 
 from .config import load_settings
 from .resources import (
-    CACHE_DIR, ENGINE_PORT, INDEX_DIR, MODELS_DIR, VolumeFollower, commit, download_env, gpu_image, model_folder,
-    reload, serving_env, volume,
+    CACHE_DIR,
+    ENGINE_PORT,
+    INDEX_DIR,
+    MODELS_DIR,
+    VolumeFollower,
+    commit,
+    download_env,
+    gpu_image,
+    model_folder,
+    reload,
+    serving_env,
+    volume,
 )
 
 log = logging.getLogger("ragserve.modal")
@@ -84,7 +94,7 @@ def model_env(s: Settings) -> dict[str, str]:
 )
 def download() -> str:
     """Fill the weights Volume with RAGSERVE_MODEL (once per model), so cold starts never touch the hub."""
-    from bentos.model_store import prepare_embedded
+    from bentos.model.store import prepare_embedded
 
     s = Settings()
     if s.model == EMBEDDED_MODEL:

@@ -24,13 +24,8 @@ from typing import Callable
 import psutil
 import pytest
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "NEMO_GUARDRAILS_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-    "BENTOML_DO_NOT_TRACK": "True",
-}
+from bentos.settings import OFFLINE_ENV
+
 os.environ.update(OFFLINE_ENV)
 # Every process this run starts inherits this mark, even ones that outlive their parents (an
 # orphaned engine core): the session's last teardown looks for it.
@@ -138,7 +133,7 @@ def build_index(db: Path, source: Path = CORPUS):
 
 def stack_env(tmp_path: Path, api_key: str, extra: dict[str, str]) -> tuple[dict[str, str], Path, int]:
     """A fresh index of tests/corpus, a free port and the stack's environment."""
-    from bentos.engine import free_port
+    from bentos.model.engine import free_port
 
     db = tmp_path / "lancedb"
     build_index(db)
@@ -150,7 +145,7 @@ def stack_env(tmp_path: Path, api_key: str, extra: dict[str, str]) -> tuple[dict
 
 def start_stack(tmp_path: Path, api_key: str, extra: dict[str, str]) -> tuple[ServedStack, Callable[[], None]]:
     """`bentoml serve .` as `make serve` runs it; returns once it logs that it is ready."""
-    from bentos import launch
+    from bentos.tools import launch
 
     env, db, port = stack_env(tmp_path, api_key, extra)
     launched = launch.start_bento(port, env, tmp_path / f"stack-{port}.log", START_TIMEOUT_S)

@@ -7,7 +7,7 @@ import json
 import sys
 import threading
 
-from bentos import launch
+from bentos.tools import launch
 from modal_apps import serve
 
 server = serve.Server()

@@ -11,10 +11,11 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
+from bentos.tools.launch import serving
 
-from bentos.http_common import ResponseTimeout, openai_app
 from bentos.settings import Settings
-from servers import serving
+from bentos.web.app import openai_app
+from bentos.web.middleware import ResponseTimeout
 
 
 def slow_app(limit: int, queue: int, wait_s: float):
@@ -116,7 +117,7 @@ def test_bentoml_runs_our_timeout_and_no_timer_outlives_its_request():
     timer is never cancelled); the services swap in ours, which cancels it when the request ends."""
     from bentoml._internal.server.http import traffic
 
-    from bentos.service_common import use_response_timeout
+    from bentos.web.service import use_response_timeout
 
     use_response_timeout()
     assert traffic.TimeoutMiddleware is ResponseTimeout

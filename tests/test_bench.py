@@ -3,9 +3,15 @@ gateway builds (real index, real embedder), and the ratios and chart come from t
 
 from __future__ import annotations
 
-from bentos.bench import QUESTIONS, augmented_conversations, chart, index_corpus, ratios
-from bentos.prompting import INSTRUCTIONS
+from bentos.chat.prompting import INSTRUCTIONS
 from bentos.settings import PROJECT_DIR, Settings
+from bentos.tools.bench import (
+    QUESTIONS,
+    augmented_conversations,
+    chart,
+    index_corpus,
+    ratios,
+)
 
 
 def test_plain_vllm_gets_the_gateways_conversations(tmp_path):
@@ -32,7 +38,7 @@ def test_ratios_and_chart(tmp_path):
 
 
 def test_soak_report_tells_a_leak_from_a_one_off_step(tmp_path):
-    from bentos.bench_soak import report, slope_mb_per_min
+    from bentos.tools.bench_soak import report, slope_mb_per_min
 
     # 10 minutes sampled every 5 s: the gateway steps up once at the re-index (minute 5), the model
     # service leaks 2 MB a minute.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from bentos.cli import main
+from bentos.tools.cli import main
 
 BIN = Path(sys.executable).parent
 CORPUS = Path(__file__).parent / "corpus"

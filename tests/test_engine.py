@@ -10,11 +10,11 @@ import time
 
 import psutil
 
-from bentos.engine import end_group, group_members, spawn_group
+from bentos.model.engine import end_group, group_members, spawn_group
 
 PARENT = """
 import threading, time
-from bentos.engine import spawn_group
+from bentos.model.engine import spawn_group
 threading.Thread(target=time.sleep, args=(600,), daemon=True).start()  # threaded, as the service is
 child = spawn_group(["sleep", "600"])
 print(child.pid, flush=True)

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-
-from bentos.logs import READY_MESSAGE
 from conftest import log_lines
+
+from bentos.web.logs import READY_MESSAGE
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

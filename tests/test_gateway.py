@@ -8,10 +8,9 @@ import time
 
 import httpx
 import pytest
-
-from bentos.prompting import NOT_FOUND
-
 from conftest import CORPUS, build_index, log_lines
+
+from bentos.chat.prompting import NOT_FOUND
 
 pytestmark = pytest.mark.stack
 
@@ -60,7 +59,7 @@ def test_a_json_schema_answer_stays_json_with_citations_beside_it(stack, stream)
 
 def test_time_before_the_model_is_exported(stack):
     """What `ragserve bench serve` reads to split the added TTFT: one observation per relayed chat."""
-    from bentos.bench import prepare_totals
+    from bentos.tools.bench import prepare_totals
 
     s0, n0 = prepare_totals(stack.url, stack.api_key)
     ask(stack, "What is the capital of France?")

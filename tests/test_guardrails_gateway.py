@@ -9,7 +9,6 @@ import time
 
 import httpx
 import pytest
-
 from conftest import CORPUS, build_index, log_lines
 
 pytestmark = pytest.mark.stack

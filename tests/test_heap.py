@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from bentos import heap
 from bentos.settings import Settings
+from bentos.web import heap
 
 
 @pytest.mark.skipif(heap.malloc_trim() is None, reason="needs glibc's malloc_trim (Linux)")

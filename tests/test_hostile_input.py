@@ -14,10 +14,9 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from conftest import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import record
 
 pytestmark = pytest.mark.stack
 

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from infra.manifests import OVERLAYS, load_crd_schemas, render, rule_errors, schema_errors
+from infra.manifests import (
+    OVERLAYS,
+    load_crd_schemas,
+    render,
+    rule_errors,
+    schema_errors,
+)
 
 SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "schemas" / "kserve"
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import ValidationError
-
 from conftest import CORPUS
+from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,23 +19,42 @@ import httpx
 import openai
 import pytest
 from click.testing import CliRunner
+from conftest import record
+from bentos.tools.launch import answers, serving, wait_for
+from bentos.web.relay import body_of
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from bentos.cli import main as ragserve
-from bentos.engine import free_port
+from bentos.model.engine import free_port
+from bentos.tools.cli import main as ragserve
 from infra import gates
 from infra.router import UPSTREAM_HEADER
-from conftest import record
-from servers import serving, wait_http
 
 pytestmark = pytest.mark.stack
 
-EVAL = Path(__file__).parent / "promotion_eval.jsonl"
 BIN = Path(sys.executable).parent
-QUESTIONS = [json.loads(line)["query"] for line in EVAL.read_text().splitlines() if '"query"' in line]
+ROOT = Path(__file__).resolve().parents[1]
+# The frozen promotion eval set's guardrail cases, with retrieval cases for the test corpus
+# instead of docs/ (the stacks here index tests/corpus).
+RETRIEVAL_CASES = {
+    "What is the capital of France?": "geography.md",
+    "How many days do Zorblax customers have to ask for a refund?": "handbook.md",
+    "Where do Zorblax robots ship from?": "handbook.md",
+    "When are Zorblax firmware updates released?": "faq/firmware",
+    "What is the office cat called?": "office.html",
+}
+QUESTIONS = list(RETRIEVAL_CASES)
+
+
+@pytest.fixture(scope="module")
+def eval_set(tmp_path_factory) -> str:
+    cases = [line for line in (ROOT / "infra" / "eval" / "promotion.jsonl").read_text().splitlines() if '"prompt"' in line]
+    cases += [json.dumps({"query": q, "source": src}) for q, src in RETRIEVAL_CASES.items()]
+    path = tmp_path_factory.mktemp("eval") / "promotion.jsonl"
+    path.write_text("\n".join(cases) + "\n")
+    return str(path)
 # Short steps for the test; the defaults (30 s, 10 requests) are for real traffic. The bounds
 # that compare the stacks are widened: here two engines, two routers, the load and pytest share
 # two cores, the guarded stack does more work per request than the rails-off one, and its engine
@@ -106,7 +125,7 @@ def router(blue: str, tmp_path: Path):
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/livez")
+        wait_for(lambda: answers(url + "/livez"), 30, "the router answering")
         yield url
     finally:
         proc.terminate()
@@ -129,10 +148,10 @@ def report(what: str, load: SteadyLoad, decisions: list[dict]) -> None:
     record(f"{what}: {load.sent} requests sent, {load.failed} failed, served by {dict(load.served_by)}{extra}")
 
 
-def test_local_promotion_under_load_loses_no_request(stack, unguarded_stack, tmp_path):
+def test_local_promotion_under_load_loses_no_request(stack, unguarded_stack, tmp_path, eval_set):
     """The guarded stack is promoted over the rails-off one in 10/50/100% steps."""
     with router(unguarded_stack.url, tmp_path) as url, SteadyLoad(url, stack.api_key) as load:
-        code, decisions, err = promote("local", "--router", url, "--candidate-url", stack.url, "--eval", str(EVAL), "--api-key", stack.api_key, *FAST)
+        code, decisions, err = promote("local", "--router", url, "--candidate-url", stack.url, "--eval", eval_set, "--api-key", stack.api_key, *FAST)
         weights = httpx.get(url + "/-/traffic").json()["weights"]
     report("promotion", load, decisions)
     assert code == 0, err
@@ -144,10 +163,10 @@ def test_local_promotion_under_load_loses_no_request(stack, unguarded_stack, tmp
     assert load.sent >= 20 and load.served_by["green"] > 0 and load.served_by["blue"] > 0
 
 
-def test_candidate_without_guardrails_is_rolled_back(stack, unguarded_stack, tmp_path):
+def test_candidate_without_guardrails_is_rolled_back(stack, unguarded_stack, tmp_path, eval_set):
     """The rails-off stack as candidate fails the quality gate; the guarded live stack keeps 100%."""
     with router(stack.url, tmp_path) as url, SteadyLoad(url, stack.api_key) as load:
-        code, decisions, err = promote("local", "--router", url, "--candidate-url", unguarded_stack.url, "--eval", str(EVAL), "--api-key", stack.api_key, *FAST)
+        code, decisions, err = promote("local", "--router", url, "--candidate-url", unguarded_stack.url, "--eval", eval_set, "--api-key", stack.api_key, *FAST)
         weights = httpx.get(url + "/-/traffic").json()["weights"]
     report("rollback on the quality gate", load, decisions)
     assert code == 1 and "rolled back: quality failed" in err
@@ -169,15 +188,7 @@ def proxy_with_fault(target: str, fault):
             return injected
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         upstream = await client.send(client.build_request(request.method, request.url.path, headers=headers, content=await request.body()), stream=True)
-
-        async def body():
-            try:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-            finally:
-                await upstream.aclose()
-
-        return StreamingResponse(body(), upstream.status_code, headers={"content-type": upstream.headers.get("content-type", "")})
+        return StreamingResponse(body_of(upstream), upstream.status_code, headers={"content-type": upstream.headers.get("content-type", "")})
 
     return Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST"])])
 
@@ -202,9 +213,9 @@ def test_performance_gate_fails_a_slower_candidate(stack):
     assert not verdict.passed and "TTFT" in verdict.reason and verdict.figures["ttft_ratio"] > 1.5
 
 
-def test_candidate_failing_under_traffic_is_rolled_back_mid_step(stack, unguarded_stack, tmp_path):
+def test_candidate_failing_under_traffic_is_rolled_back_mid_step(stack, unguarded_stack, tmp_path, eval_set):
     with serving(proxy_with_fault(stack.url, fails_routed_chat)) as faulty, router(unguarded_stack.url, tmp_path) as url, SteadyLoad(url, stack.api_key) as load:
-        code, decisions, err = promote("local", "--router", url, "--candidate-url", faulty, "--eval", str(EVAL), "--api-key", stack.api_key, *FAST)
+        code, decisions, err = promote("local", "--router", url, "--candidate-url", faulty, "--eval", eval_set, "--api-key", stack.api_key, *FAST)
         weights = httpx.get(url + "/-/traffic").json()["weights"]
     report("rollback mid-step", load, decisions)
     assert code == 1, err
@@ -216,7 +227,7 @@ def test_candidate_failing_under_traffic_is_rolled_back_mid_step(stack, unguarde
     assert load.failed == 0, load.errors[:5]  # the router retried every failed attempt on blue
 
 
-def test_modal_backend_moves_weights_in_the_dict(stack, unguarded_stack, monkeypatch):
+def test_modal_backend_moves_weights_in_the_dict(stack, unguarded_stack, monkeypatch, eval_set):
     """`ragserve promote modal` against the Modal router app run locally, both sharing a stand-in Dict."""
     import modal
 
@@ -231,7 +242,7 @@ def test_modal_backend_moves_weights_in_the_dict(stack, unguarded_stack, monkeyp
         first = CliRunner().invoke(ragserve, ["promote", "modal", "--router-url", url, "--live-url", unguarded_stack.url, "--rollback"])
         assert first.exit_code == 0 and json.loads(fake_dict["traffic"])["weights"] == {"blue": 100, "green": 0}, first.output
         args = ["promote", "modal", "--router-url", url, "--candidate-url", stack.url,
-                "--eval", str(EVAL), "--api-key", stack.api_key, "--steps", "50,100", *FAST]
+                "--eval", eval_set, "--api-key", stack.api_key, "--steps", "50,100", *FAST]
         with SteadyLoad(url, stack.api_key, workers=2) as load:
             result = CliRunner().invoke(ragserve, args)
     decisions = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
@@ -282,14 +293,14 @@ async def no_fault(request: Request) -> None:
 
 
 @pytest.mark.parametrize("good", [True, False], ids=["promoted", "rolled-back"])
-def test_kserve_backend_patches_canary_traffic(stack, unguarded_stack, tmp_path, good):
+def test_kserve_backend_patches_canary_traffic(stack, unguarded_stack, tmp_path, good, eval_set):
     """Gates run against the revisions' own URLs; traffic moves only through canaryTrafficPercent.
     The good candidate is a new revision of the live release (the guarded stack, behind a proxy
     so the two tag URLs differ), so the default gates hold; the bad one has its rails off."""
     with serving(proxy_with_fault(stack.url, no_fault)) as same_release:
         latest = same_release if good else unguarded_stack.url
         exe, state, log = fake_kubectl(tmp_path, prev=stack.url, latest=latest)
-        result = CliRunner().invoke(ragserve, ["promote", "kserve", "-n", "llm", "--kubectl", str(exe), "--eval", str(EVAL), "--api-key", stack.api_key,
+        result = CliRunner().invoke(ragserve, ["promote", "kserve", "-n", "llm", "--kubectl", str(exe), "--eval", eval_set, "--api-key", stack.api_key,
                                                "--step-seconds", "1", "--min-step-requests", "0"])
     if good:
         assert result.exit_code == 0, result.output

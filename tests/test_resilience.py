@@ -12,9 +12,9 @@ import time
 import httpx
 import psutil
 import pytest
-
-from bentos.engine import group_members
 from conftest import START_TIMEOUT_S, record
+
+from bentos.model.engine import group_members
 
 pytestmark = pytest.mark.stack
 

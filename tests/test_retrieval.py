@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from bentos.retrieval.documents import Document, SourceError, chunk_document, read_documents, split_words
+from bentos.retrieval.documents import (
+    Document,
+    SourceError,
+    chunk_document,
+    read_documents,
+    split_words,
+)
 from bentos.retrieval.embedder import get_embedder
 from bentos.retrieval.index import IndexReader, IndexStore, IndexStoreError
 from bentos.retrieval.search import hybrid_search

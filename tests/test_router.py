@@ -8,16 +8,23 @@ import json
 
 import httpx
 import pytest
+from bentos.tools.launch import serving
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from infra.gates import EvalCase, GateError, SlotCounts, read_eval_set, router_counts, step_verdict
+from infra.gates import (
+    EvalCase,
+    GateError,
+    SlotCounts,
+    read_eval_set,
+    router_counts,
+    step_verdict,
+)
 from infra.promote import Policy
 from infra.router import UPSTREAM_HEADER, create_router_app
 from infra.traffic import DictStore, MemoryStore, Traffic
-from servers import serving
 
 
 def upstream(name: str, status: int = 200):
@@ -167,7 +174,7 @@ def test_policy_and_eval_set_refuse_bad_input(tmp_path):
 def test_kserve_dry_run_prints_the_commands_and_runs_none(tmp_path):
     from click.testing import CliRunner
 
-    from bentos.cli import main
+    from bentos.tools.cli import main
 
     result = CliRunner().invoke(main, ["promote", "kserve", "--name", "chat", "-n", "llm", "--kubectl", str(tmp_path / "absent"), "--dry-run", "--steps", "25,100"])
     assert result.exit_code == 0, result.output
@@ -180,7 +187,7 @@ def test_kserve_dry_run_prints_the_commands_and_runs_none(tmp_path):
 def test_promote_cli_refuses_bad_policy_with_a_usage_error():
     from click.testing import CliRunner
 
-    from bentos.cli import main
+    from bentos.tools.cli import main
 
     result = CliRunner().invoke(main, ["promote", "local", "--router", "http://127.0.0.1:9", "--steps", "10,50"])
     assert result.exit_code == 2 and "end at 100" in result.output

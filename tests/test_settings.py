@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from bentos.engine import engine_command, engine_environment
+from bentos.model.engine import engine_command, engine_environment
 from bentos.settings import Settings
 
 

@@ -8,9 +8,9 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from . import pii, rules
-from .classifier import PromptClassifier
-from .metrics import GUARD_METRICS
+from bentos.guard import pii, rules
+from bentos.guard.classifier import PromptClassifier
+from bentos.guard.metrics import GUARD_METRICS
 
 log = logging.getLogger("bentos.guard")
 

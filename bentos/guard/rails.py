@@ -15,10 +15,10 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from ..settings import Settings
-from .classifier import PromptClassifier
-from .detectors import Detectors, Handle
-from .metrics import GUARD_METRICS
+from bentos.guard.classifier import PromptClassifier
+from bentos.guard.detectors import Detectors, Handle
+from bentos.guard.metrics import GUARD_METRICS
+from bentos.settings import Settings
 
 log = logging.getLogger("bentos.guard")
 
@@ -107,7 +107,7 @@ class StreamGuard:
     runs on the whole answer and whatever it adds (a source list) goes out with the last piece."""
 
     def __init__(self, guard: Guard, sources: list[str], format_fixed: bool = False):
-        from .pii import StreamMasker
+        from bentos.guard.pii import StreamMasker
 
         self.guard, self.sources, self.format_fixed = guard, sources, format_fixed
         self.maskers: dict[int, StreamMasker] = {}

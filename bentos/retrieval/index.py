@@ -21,11 +21,11 @@ from typing import Callable, Iterator
 
 import lancedb
 import numpy as np
-from lancedb.index import FTS
 import pyarrow as pa
+from lancedb.index import FTS
 
-from .documents import Chunk, Document, chunk_document
-from .embedder import Embedder
+from bentos.retrieval.documents import Chunk, Document, chunk_document
+from bentos.retrieval.embedder import Embedder
 
 log = logging.getLogger(__name__)
 

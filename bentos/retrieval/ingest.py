@@ -6,10 +6,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..settings import Settings
-from .documents import read_documents
-from .embedder import embedder_for
-from .index import ChunkingConfig, IndexStore, ReindexSummary
+from bentos.retrieval.documents import read_documents
+from bentos.retrieval.embedder import embedder_for
+from bentos.retrieval.index import ChunkingConfig, IndexStore, ReindexSummary
+from bentos.settings import Settings
 
 Step = Callable[[str, int, int], None]
 

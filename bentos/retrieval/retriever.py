@@ -8,11 +8,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..settings import Settings
-from .batching import Batcher
-from .embedder import embedder_for
-from .index import IndexReader
-from .search import Hit, SearchConfig, candidates, fulltext, fuse, hybrid_search, in_pool, vector_searches
+from bentos.retrieval.batching import Batcher
+from bentos.retrieval.embedder import embedder_for
+from bentos.retrieval.index import IndexReader
+from bentos.retrieval.search import (
+    Hit,
+    SearchConfig,
+    candidates,
+    fulltext,
+    fuse,
+    hybrid_search,
+    in_pool,
+    vector_searches,
+)
+from bentos.settings import Settings
 
 
 @dataclass

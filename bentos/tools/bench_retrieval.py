@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -14,12 +13,13 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from .evaluation import load_squad
-from .loadgen import percentile
-from .retrieval.documents import Document, chunk_document
-from .retrieval.embedder import embedder_for
-from .retrieval.index import ChunkingConfig, IndexStore, schema, search_text
-from .settings import Settings
+from bentos.retrieval.documents import Document, chunk_document
+from bentos.retrieval.embedder import embedder_for
+from bentos.retrieval.index import ChunkingConfig, IndexStore, schema, search_text
+from bentos.settings import Settings
+from bentos.tools.evaluation import load_squad
+from bentos.tools.launch import serving
+from bentos.tools.loadgen import percentile
 
 
 def squad_corpus(squad: Path, copies: int) -> list[Document]:
@@ -74,26 +74,10 @@ def synthetic_table(store: IndexStore, base_texts: list[str], base_vectors: np.n
     store._publish(table)
 
 
-def serve_in_thread(app, port: int):
-    """The app mounted at /v1 as BentoML mounts it, under uvicorn on loopback."""
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.routing import Mount
-
-    root = Starlette(routes=[Mount("/v1", app)])
-    server = uvicorn.Server(uvicorn.Config(root, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    return server, thread
-
-
 def bench_retrieve(settings: Settings, squad: Path, sizes: list[int], queries: int) -> dict:
     """/v1/retrieve over real HTTP (the gateway's FastAPI app under uvicorn on loopback)."""
-    from .engine import free_port
-    from .gateway_api import create_gateway_app
-    from .retrieval.retriever import Retriever
+    from bentos.chat.api import create_gateway_app
+    from bentos.retrieval.retriever import Retriever
 
     docs, answerable, _ = load_squad(squad)
     sentences = [s.strip() for d in docs for s in d.text.split(". ") if len(s.split()) > 5]
@@ -109,10 +93,8 @@ def bench_retrieve(settings: Settings, squad: Path, sizes: list[int], queries: i
         run = settings.model_copy(update={"db": db})
         app = create_gateway_app(run)
         app.state.retriever = Retriever(run)
-        port = free_port()
-        server, thread = serve_in_thread(app, port)
         totals, searches, embeds = [], [], []
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        with serving(app, "/v1") as url, httpx.Client(base_url=url) as client:
             for q in questions[:20]:  # warm-up: caches, index pages
                 client.post("/v1/retrieve", json={"query": q, "k": 10})
             for q in tqdm(questions, desc=f"{rows} rows", unit="q", leave=False):
@@ -122,8 +104,6 @@ def bench_retrieve(settings: Settings, squad: Path, sizes: list[int], queries: i
                 r.raise_for_status()
                 searches.append(r.json()["timing_ms"]["search"])
                 embeds.append(r.json()["timing_ms"]["embed"])
-        server.should_exit = True
-        thread.join(10)
         results[rows] = {
             "build_s": round(build_s, 1),
             "search_p50_ms": round(statistics.median(searches), 2), "search_p95_ms": round(percentile(searches, 95), 2),

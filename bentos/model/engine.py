@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 from prometheus_client import Counter
 
-from .http_common import SERVICE_METRICS
-from .settings import Settings
+from bentos.settings import TELEMETRY_OFF, Settings
+from bentos.web.metrics import SERVICE_METRICS
 
 log = logging.getLogger(__name__)
 RESTARTS = Counter("ragserve_engine_restarts", "Times the supervisor restarted a crashed vLLM.", registry=SERVICE_METRICS)
@@ -121,8 +121,8 @@ def engine_command(settings: Settings, model: str, port: int) -> list[str]:
 
 def engine_environment(settings: Settings, model: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("VLLM_NO_USAGE_STATS", "1")
-    env.setdefault("DO_NOT_TRACK", "1")
+    for name, value in TELEMETRY_OFF.items():
+        env.setdefault(name, value)
     # The engine's internal message queues must stay on loopback.
     env.setdefault("VLLM_HOST_IP", "127.0.0.1")
     # Not BentoML's multiprocess metrics folder: vLLM would write its families there and they

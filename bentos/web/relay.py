@@ -8,8 +8,9 @@ from typing import Any, AsyncIterator, Callable
 
 import httpx
 from fastapi.responses import Response, StreamingResponse
+from httpx_sse import EventSource
 
-from .http_common import APIError
+from bentos.web.errors import APIError
 
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 # The next hop's own response headers: this service sets its own (one X-Request-ID, one Date).
@@ -18,7 +19,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def http_client(base_url: str, timeout_s: float, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """A pooled client to the next hop: no cap on connections (the hop applies its own limits)."""
+    """A pooled client to the next hop (``base_url`` "" for absolute URLs): no cap on connections,
+    the hop applies its own limits."""
     return httpx.AsyncClient(
         base_url=base_url, transport=transport, timeout=httpx.Timeout(timeout_s, connect=5),
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
@@ -70,14 +72,7 @@ class Relay:
         except UpstreamError as e:
             return e.response()
 
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-            finally:
-                await upstream.aclose()
-
-        return StreamingResponse(relay(), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(body_of(upstream), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 class UpstreamError(Exception):
@@ -97,17 +92,20 @@ class UpstreamError(Exception):
         return Response(self.body, status_code=self.status, media_type=self.content_type or "application/json", headers=headers)
 
 
+async def body_of(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    """An upstream body passed on chunk by chunk as it arrives, still encoded. Closing it when our
+    client goes away makes the next hop (and finally vLLM) abort the generation."""
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    finally:
+        await upstream.aclose()
+
+
 async def sse_events(upstream: httpx.Response) -> AsyncIterator[dict | str]:
-    """Parsed ``data:`` payloads of a server-sent event stream: dicts, or the string ``[DONE]``."""
-    buffer = ""
-    async for text in upstream.aiter_text():
-        buffer += text
-        while "\n\n" in buffer:
-            event, buffer = buffer.split("\n\n", 1)
-            for line in event.splitlines():
-                if line.startswith("data:"):
-                    data = line[5:].strip()
-                    yield data if data == "[DONE]" else json.loads(data)
+    """The ``data`` of each server-sent event: a parsed JSON object, or the string ``[DONE]``."""
+    async for event in EventSource(upstream).aiter_sse():
+        yield event.data if event.data == "[DONE]" else json.loads(event.data)
 
 
 def sse(data: dict | str) -> bytes:

@@ -7,7 +7,9 @@ import time
 import uuid
 from typing import Any, Iterator
 
-from .relay import sse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from bentos.web.relay import SSE_HEADERS, sse
 
 
 def completion(model: str, content: str, finish_reason: str = "stop", **extra: Any) -> dict:
@@ -29,3 +31,10 @@ def completion_chunks(model: str, content: str, finish_reason: str = "stop", **e
     yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
     yield sse({**base, "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
     yield sse("[DONE]")
+
+
+def answer(model: str, stream: bool, content: str, finish_reason: str = "stop", **extra: Any) -> Response:
+    """One of the above as the response to a request, streamed when it asked for a stream."""
+    if stream:
+        return StreamingResponse(completion_chunks(model, content, finish_reason, **extra), media_type="text/event-stream", headers=SSE_HEADERS)
+    return JSONResponse(completion(model, content, finish_reason, **extra))

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .settings import EMBEDDED_MODEL, Settings
+from bentos.settings import EMBEDDED_MODEL, Settings
 
 log = logging.getLogger(__name__)
 

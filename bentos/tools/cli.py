@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import click
 
-from .settings import Settings
+from bentos.settings import OFFLINE_ENV, Settings
 
-# Offline by default wherever the CLI runs; a deployment that wants the hub sets HF_HUB_OFFLINE=0.
-for _var in ("HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS", "NEMO_GUARDRAILS_NO_USAGE_STATS", "DO_NOT_TRACK"):
-    os.environ.setdefault(_var, "1")
+for _name, _value in OFFLINE_ENV.items():  # what the user set wins
+    os.environ.setdefault(_name, _value)
 
 
 def load_settings(**overrides) -> Settings:
@@ -23,6 +23,11 @@ def load_settings(**overrides) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:
         raise click.UsageError(f"bad RAGSERVE_* setting:\n{e}") from None
+
+
+def echo_figures(figures: dict, width: int = 28) -> None:
+    for key, value in figures.items():
+        click.echo(f"{key:>{width}}: {value}")
 
 
 class IntList(click.ParamType):
@@ -66,7 +71,7 @@ def model_prepare() -> None:
 
     With RAGSERVE_MODEL set to a folder or a Hugging Face id, prints what the engine will load.
     """
-    from .model_store import ModelError, resolve_model
+    from bentos.model.store import ModelError, resolve_model
 
     try:
         click.echo(resolve_model(load_settings()))
@@ -86,9 +91,9 @@ def index(path: Path | None, db: str | None, rollback: bool, skip_unreadable: bo
     version is published in one step: running servers switch to it within RAGSERVE_INDEX_REFRESH_S,
     and a run that fails or is killed leaves the published version serving.
     """
-    from .retrieval.documents import SourceError
-    from .retrieval.index import IndexStore, IndexStoreError
-    from .retrieval.ingest import describe, progress_bars, reindex_source
+    from bentos.retrieval.documents import SourceError
+    from bentos.retrieval.index import IndexStore, IndexStoreError
+    from bentos.retrieval.ingest import describe, progress_bars, reindex_source
 
     settings = load_settings(db=db)
     if rollback == (path is not None):
@@ -112,8 +117,8 @@ def index(path: Path | None, db: str | None, rollback: bool, skip_unreadable: bo
 @click.option("--db", help="LanceDB folder (default RAGSERVE_DB, ./data/lancedb).")
 def search(query: str, k: int, db: str | None) -> None:
     """Show the chunks the gateway would retrieve for QUERY from the published index."""
-    from .retrieval.index import IndexReader
-    from .retrieval.retriever import Retriever
+    from bentos.retrieval.index import IndexReader
+    from bentos.retrieval.retriever import Retriever
 
     settings = load_settings(db=db)
     if not query.strip():
@@ -143,14 +148,13 @@ def eval_retrieval_cmd(squad: Path, db: str | None, json_out: str | None) -> Non
     paragraph for the answerable questions, through the same retrieval the gateway uses."""
     import json
 
-    from .evaluation import EvalDataError, eval_retrieval
+    from bentos.tools.evaluation import EvalDataError, eval_retrieval
 
     try:
         result = eval_retrieval(load_settings(), squad, db)
     except EvalDataError as e:
         raise click.ClickException(str(e)) from None
-    for key, value in result.items():
-        click.echo(f"{key:>24}: {value}")
+    echo_figures(result, 24)
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2))
 
@@ -170,7 +174,7 @@ def eval_guardrails_cmd(file: Path, json_out: str | None) -> None:
 
     from tqdm import tqdm
 
-    from .guard.training import TrainingDataError, evaluate, read_labelled
+    from bentos.guard.training import TrainingDataError, evaluate, read_labelled
 
     settings = load_settings()
     try:
@@ -186,8 +190,8 @@ def eval_guardrails_cmd(file: Path, json_out: str | None) -> None:
 
 
 def load_guard(settings: Settings):
-    from .guard.rails import Guard
-    from .retrieval.embedder import embedder_for
+    from bentos.guard.rails import Guard
+    from bentos.retrieval.embedder import embedder_for
 
     try:
         return Guard(settings), embedder_for(settings)
@@ -221,8 +225,8 @@ def guardrails_train(squad: Path, out: Path | None, max_fp: float) -> None:
     write it with the held-out prompts it never saw (holdout.jsonl, for `ragserve eval guardrails`)."""
     import json
 
-    from .guard.training import TrainingDataError, holdout_rows, train
-    from .retrieval.embedder import get_embedder
+    from bentos.guard.training import TrainingDataError, holdout_rows, train
+    from bentos.retrieval.embedder import get_embedder
 
     settings = load_settings()
     path = out or settings.classifier_path
@@ -264,7 +268,7 @@ def bench_serve(n_requests: int, concurrency: list[int], max_tokens: int, corpus
     Starts both itself, one after the other, on free loopback ports. Plain vLLM gets exactly the
     conversations the gateway gives the model (question plus retrieved sources).
     """
-    from .bench import run_serve_bench
+    from bentos.tools.bench import run_serve_bench
 
     if n_requests < 1 or max_tokens < 1:
         raise click.BadParameter("--requests and --max-tokens must be ≥ 1")
@@ -283,7 +287,7 @@ def bench_soak(minutes: float, concurrency: int, corpus: Path, json_out: str | N
     """A mixed load (chat, streamed chat, retrieval, prompts the rails must block) on a stack this
     command starts, with a re-index halfway. Prints per minute: requests, errors, 5xx, p95 latency
     and the RSS of the gateway, model service and vLLM processes; exits 1 on any error."""
-    from .bench_soak import run_soak
+    from bentos.tools.bench_soak import run_soak
 
     summary = run_soak(load_settings(), minutes, concurrency, corpus, json_out)
     if summary["errors"]:
@@ -298,30 +302,24 @@ SQUAD_OPTION = click.option(
 
 @bench.command("guardrails")
 @SQUAD_OPTION
-@click.option("--requests", "n_requests", default=200, show_default=True, help="Questions sent to each gateway.")
+@click.option("--requests", "n_requests", default=200, show_default=True, type=click.IntRange(min=1), help="Questions sent to each gateway.")
 def bench_guardrails_cmd(squad: Path, n_requests: int) -> None:
     """Latency the guardrails add per request (p50, p95): the gateway with rails on against the same
     gateway with rails off, one engine, alternating requests; plus the rails' own time per stage."""
-    from .bench_guardrails import bench_guardrails
+    from bentos.tools.bench_guardrails import bench_guardrails
 
-    if n_requests < 1:
-        raise click.BadParameter("must be ≥ 1", param_hint="--requests")
-    for key, value in bench_guardrails(load_settings(), squad, n_requests).items():
-        click.echo(f"{key:>28}: {value}")
+    echo_figures(bench_guardrails(load_settings(), squad, n_requests))
 
 
 @bench.command("index")
 @SQUAD_OPTION
-@click.option("--copies", default=6, show_default=True, help="Distinct copies of each paragraph (corpus size).")
+@click.option("--copies", default=6, show_default=True, type=click.IntRange(min=1), help="Distinct copies of each paragraph (corpus size).")
 def bench_index_cmd(squad: Path, copies: int) -> None:
     """Ingest throughput against plain sentence-transformers encoding of the same chunks, and a
     no-change re-index against a full one."""
-    from .bench_retrieval import bench_index
+    from bentos.tools.bench_retrieval import bench_index
 
-    if copies < 1:
-        raise click.BadParameter("must be ≥ 1", param_hint="--copies")
-    for key, value in bench_index(load_settings(), squad, copies).items():
-        click.echo(f"{key:>28}: {value}")
+    echo_figures(bench_index(load_settings(), squad, copies))
 
 
 @bench.command("retrieve")
@@ -330,20 +328,16 @@ def bench_index_cmd(squad: Path, copies: int) -> None:
 @click.option("--queries", default=300, show_default=True, help="Queries per size.")
 def bench_retrieve_cmd(squad: Path, sizes: list[int], queries: int) -> None:
     """/v1/retrieve latency (p50/p95) at each index size, with query embedding reported apart."""
-    from .bench_retrieval import bench_retrieve
+    from bentos.tools.bench_retrieval import bench_retrieve
 
     for rows, figures in bench_retrieve(load_settings(), squad, sizes, queries).items():
         click.echo(f"{rows} chunks: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 
-try:  # the release commands live in infra/, which the Bento image leaves out
-    from infra.cli import promote, router
-
-    main.add_command(router)
-    main.add_command(promote)
-except ModuleNotFoundError as e:
-    if e.name != "infra":
-        raise
+# Commands other packages add to `ragserve`: `router` and `promote` from infra/, through the
+# `ragserve.commands` entry points in pyproject.toml (so this package never imports infra/).
+for _command in entry_points(group="ragserve.commands"):
+    main.add_command(_command.load(), _command.name)
 
 
 if __name__ == "__main__":

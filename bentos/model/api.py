@@ -7,16 +7,17 @@ shape; everything the engine itself answers (including its own 4xx) is passed th
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from .engine import Engine
-from .http_common import APIError, add_not_found_route, app_state, openai_app, parse_body, read_json
-from .relay import Relay, http_client
-from .schemas import ChatCompletionRequest
-from .settings import Settings
+from bentos.model.engine import Engine
+from bentos.settings import Settings
+from bentos.web.app import add_not_found_route, app_state, openai_app
+from bentos.web.bodies import parse_body, read_json
+from bentos.web.errors import APIError
+from bentos.web.relay import Relay, http_client
+from bentos.web.schemas import ChatCompletionRequest, engine_payload
 
 log = logging.getLogger("bentos.llm")
 
@@ -30,19 +31,6 @@ def engine_relay(engine: Engine, settings: Settings) -> Relay:
             raise APIError(503, "the model engine is still starting; retry after the delay in Retry-After (the stack logs 'ragserve is ready' once it answers)", "engine_starting", {"Retry-After": "5"})
 
     return Relay(http_client(engine.base_url, settings.request_timeout_s), "the model engine", ready_check)
-
-
-def prepare_chat(req: ChatCompletionRequest, settings: Settings) -> dict[str, Any]:
-    """Check limits the engine knows only after tokenising, and fill defaults clients expect."""
-    limit = req.output_limit
-    if limit is not None and limit >= settings.max_model_len:
-        raise APIError(400, f"max_tokens={limit} is not below the model's context length {settings.max_model_len}; lower max_tokens", "max_tokens_too_large")
-    payload = req.model_dump(exclude_none=True, exclude_unset=True)
-    payload["model"] = settings.model_name  # one model per service: any name the client sends maps to it
-    if req.stream:
-        # Usage counts in the last chunk, as OpenAI sends them when asked; on unless the client says no.
-        payload["stream_options"] = {"include_usage": True, **(req.stream_options or {})}
-    return payload
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -59,7 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         req = parse_body(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
-        payload = prepare_chat(req, settings)
+        payload = engine_payload(req, settings.model_name, settings.max_model_len)
         if settings.log_prompts:  # audit of exactly what reaches the model; off by default
             log.info("prompt", extra={"fields": {"request_id": request.scope.get("state", {}).get("request_id"), "messages": payload["messages"]}})
         client = engine(request)

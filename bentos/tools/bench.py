@@ -21,12 +21,13 @@ from typing import Iterator
 import httpx
 from tqdm import tqdm
 
-from . import launch
-from .engine import Engine, free_port
-from .loadgen import Report, run_load
-from .model_store import resolve_model
-from .prompting import with_sources
-from .settings import PROJECT_DIR, Settings
+from bentos.chat.prompting import with_sources
+from bentos.model.engine import Engine, free_port
+from bentos.model.store import resolve_model
+from bentos.settings import PROJECT_DIR, Settings
+from bentos.tools import launch
+from bentos.tools.loadgen import Report, run_load
+from bentos.web.metrics import samples
 
 QUESTIONS = [
     "How do I roll back the index?",
@@ -66,7 +67,7 @@ def bento(settings: Settings, log_dir: Path, db: Path) -> Iterator[tuple[str, fl
 
 def augmented_conversations(settings: Settings, db: Path) -> list[list[dict]]:
     """What the gateway sends the model for each question: its sources first, then the question."""
-    from .retrieval.retriever import Retriever
+    from bentos.retrieval.retriever import Retriever
 
     retriever = Retriever(settings.model_copy(update={"db": str(db)}))
     conversations = []
@@ -79,7 +80,7 @@ def augmented_conversations(settings: Settings, db: Path) -> list[list[dict]]:
 
 
 def index_corpus(settings: Settings, corpus: Path, db: Path) -> None:
-    from .retrieval.ingest import reindex_source
+    from bentos.retrieval.ingest import reindex_source
 
     reindex_source(settings.model_copy(update={"db": str(db)}), corpus, False, None)
 
@@ -128,8 +129,8 @@ def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_
 def prepare_totals(url: str, key: str) -> tuple[float, float]:
     """The gateway's ragserve_gateway_prepare_seconds (sum, count): its own time before the model."""
     text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}"} if key else None, timeout=10).text
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("ragserve_gateway_prepare_seconds_"))
-    return float(values.get("ragserve_gateway_prepare_seconds_sum", 0)), float(values.get("ragserve_gateway_prepare_seconds_count", 0))
+    values = {s.name: s.value for s in samples(text) if s.name.startswith("ragserve_gateway_prepare_seconds_")}
+    return values.get("ragserve_gateway_prepare_seconds_sum", 0.0), values.get("ragserve_gateway_prepare_seconds_count", 0.0)
 
 
 def ratios(results: dict, levels: list[int]) -> dict:

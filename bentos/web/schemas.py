@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bentos.web.errors import APIError
+
 # vLLM's own request fields that constrain the output to a JSON schema, a regex, a choice or a grammar.
 VLLM_CONSTRAINTS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
@@ -52,17 +54,6 @@ class ChatCompletionRequest(BaseModel):
         return kind in ("json_object", "json_schema") or constrained or (bool(self.tools) and self.tool_choice != "none")
 
 
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    code: str | int | None = None
-    param: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
 class RetrieveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,3 +80,17 @@ class RetrieveResponse(BaseModel):
     index_version: int | None
     chunks: list[RetrievedChunk]
     timing_ms: dict[str, float]
+
+
+def engine_payload(req: ChatCompletionRequest, model_name: str, max_model_len: int) -> dict[str, Any]:
+    """What the next hop gets for a chat request: limits the engine knows only after tokenising
+    checked now, and the defaults clients expect filled in."""
+    limit = req.output_limit
+    if limit is not None and limit >= max_model_len:
+        raise APIError(400, f"max_tokens={limit} is not below the model's context length {max_model_len}; lower max_tokens", "max_tokens_too_large")
+    payload = req.model_dump(exclude_none=True, exclude_unset=True)
+    payload["model"] = model_name  # one model per service: any name the client sends maps to it
+    if req.stream:
+        # Usage counts in the last chunk, as OpenAI sends them when asked; on unless the client says no.
+        payload["stream_options"] = {"include_usage": True, **(req.stream_options or {})}
+    return payload

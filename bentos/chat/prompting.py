@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .retrieval.search import Hit
+from bentos.retrieval.search import Hit
 
 INSTRUCTIONS = (
     "Answer the user's question using only the numbered sources below. Cite the sources you use "

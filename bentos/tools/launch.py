@@ -9,15 +9,19 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import httpx
 import psutil
 
-from .logs import READY_MESSAGE
+from bentos.model.engine import free_port
+from bentos.settings import PROJECT_DIR
+from bentos.web.logs import READY_MESSAGE
 
-ROOT = Path(__file__).resolve().parents[1]
+
 BIN = Path(sys.executable).parent
 
 
@@ -33,19 +37,51 @@ class Launched:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
+def answers(url: str, status: int | None = 200) -> bool:
+    """Whether GET ``url`` answers now: with ``status``, or with anything when it is None."""
+    try:
+        r = httpx.get(url, timeout=5)
+    except httpx.HTTPError:
+        return False
+    return status is None or r.status_code == status
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5) -> float:
+    """Seconds until ``check()`` held; TimeoutError naming ``what`` after ``timeout_s``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+    return time.monotonic() - started
+
+
+@contextmanager
+def serving(app, mount: str | None = None) -> Iterator[str]:
+    """``app`` under uvicorn on a free loopback port, on a thread of its own; with ``mount``, under
+    that path as BentoML mounts the services' apps. Yields its URL."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    port = free_port()
+    root = Starlette(routes=[Mount(mount, app)]) if mount else app
+    server = uvicorn.Server(uvicorn.Config(root, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 10, "the test server's start", poll_s=0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def wait_ready(launched: Launched, timeout_s: float, probe: str | None = None) -> Launched:
     """Until the stack logs that it can answer, the line a user waits for after `make serve`
     (nothing is probed on its behalf); with ``probe``, until that path answers 200."""
-    def up(log_text: str) -> bool:
-        if probe is None:
-            return READY_MESSAGE in log_text
-        try:
-            return httpx.get(launched.url + probe, timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
 
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
+    def up() -> bool:
         if launched.proc.poll() is not None:
             raise RuntimeError(f"server exited with {launched.proc.returncode}:\n{launched.log_tail()}")
         with open(launched.log_path, "rb") as f:
@@ -54,12 +90,14 @@ def wait_ready(launched: Launched, timeout_s: float, probe: str | None = None) -
         if "Application startup failed" in text:
             stop(launched)  # BentoML would respawn the failing worker forever
             raise RuntimeError(f"a service failed to start:\n{launched.log_tail(80)}")
-        if up(text):
-            launched.ready_s = time.monotonic() - started
-            return launched
-        time.sleep(0.5)
-    stop(launched)
-    raise RuntimeError(f"server not ready after {timeout_s:.0f} s:\n{launched.log_tail()}")
+        return READY_MESSAGE in text if probe is None else answers(launched.url + probe)
+
+    try:
+        launched.ready_s = wait_for(up, timeout_s, "the stack's ready line" if probe is None else f"{probe} answering 200")
+    except TimeoutError as e:
+        stop(launched)
+        raise RuntimeError(f"{e}:\n{launched.log_tail()}") from None
+    return launched
 
 
 def start_bento(port: int, env: dict[str, str], log_path: Path, timeout_s: float = 900, host: str | None = None, echo: bool = False) -> Launched:
@@ -70,7 +108,7 @@ def start_bento(port: int, env: dict[str, str], log_path: Path, timeout_s: float
     log = open(log_path, "ab")
     offset = log.tell()
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT, start_new_session=True,
+        cmd, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     if echo:
         threading.Thread(target=_tee, args=(proc.stdout, log), daemon=True).start()

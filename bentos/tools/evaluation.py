@@ -9,11 +9,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .retrieval.documents import Document
-from .retrieval.embedder import embedder_for
-from .retrieval.index import ChunkingConfig, IndexStore
-from .retrieval.retriever import Retrieval, Retriever
-from .settings import Settings
+from bentos.retrieval.documents import Document
+from bentos.retrieval.embedder import embedder_for
+from bentos.retrieval.index import ChunkingConfig, IndexStore
+from bentos.retrieval.retriever import Retrieval, Retriever
+from bentos.settings import Settings
 
 
 class EvalDataError(ValueError):

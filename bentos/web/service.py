@@ -1,4 +1,4 @@
-"""What the BentoML services share: where they listen, the open-bind refusal, engine metrics."""
+"""What both BentoML service modules do at import and start: settings, the open-bind refusal, options."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import socket
 import sys
 
-from .http_common import ResponseTimeout
-from .logs import setup_service_logging
-from .settings import Settings, get_settings
+from bentos.settings import Settings, get_settings
+from bentos.web.logs import setup_service_logging
+from bentos.web.middleware import ResponseTimeout
 
 
 def service_settings() -> Settings:
@@ -70,13 +70,3 @@ def check_worker_socket(settings: Settings) -> None:
     address = listening_address()
     if address is not None:
         settings.check_bind(address[0])
-
-
-def only_engine_metrics(text: str) -> str:
-    """vLLM's metric families (``vllm:*``); its process/GC ones would clash with BentoML's."""
-    keep = []
-    for line in text.splitlines():
-        name = line.split(" ", 3)[2] if line.startswith("# ") and line.count(" ") >= 2 else line
-        if name.startswith("vllm:"):
-            keep.append(line)
-    return "\n".join(keep) + ("\n" if keep else "")

@@ -13,20 +13,20 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 from tqdm import tqdm
 
-from .bench import plain_vllm
-from .bench_retrieval import serve_in_thread
-from .engine import free_port
-from .evaluation import load_squad
-from .guard.metrics import GUARD_METRICS
-from .loadgen import percentile
-from .model_store import resolve_model
-from .relay import Relay, http_client
-from .settings import Settings
+from bentos.guard.metrics import GUARD_METRICS
+from bentos.model.store import resolve_model
+from bentos.settings import Settings
+from bentos.tools.bench import plain_vllm
+from bentos.tools.evaluation import load_squad
+from bentos.tools.launch import serving
+from bentos.tools.loadgen import percentile
+from bentos.web.relay import Relay, http_client
 
 
 class TimedRelay(Relay):
@@ -45,17 +45,15 @@ class TimedRelay(Relay):
 
 
 def gateway(settings: Settings, engine_url: str, rails: bool):
-    from .gateway_api import create_gateway_app
-    from .guard.rails import Guard
-    from .retrieval.retriever import Retriever
+    """The gateway's app (rails on or off) on the engine, and its relay that times the engine."""
+    from bentos.chat.api import create_gateway_app, wire
+    from bentos.guard.rails import Guard
+    from bentos.retrieval.retriever import Retriever
 
     app = create_gateway_app(settings)
-    app.state.retriever = Retriever(settings)
-    app.state.llm = TimedRelay(http_client(engine_url, settings.request_timeout_s), "vLLM")
-    app.state.guard = Guard(settings) if rails else None
-    port = free_port()
-    server, thread = serve_in_thread(app, port)
-    return f"http://127.0.0.1:{port}", server, thread, app.state.llm
+    llm = TimedRelay(http_client(engine_url, settings.request_timeout_s), "vLLM")
+    wire(app, settings, Retriever(settings), llm, Guard(settings) if rails else None)
+    return app, llm
 
 
 def stage_means_ms() -> dict[str, float]:
@@ -68,32 +66,34 @@ def stage_means_ms() -> dict[str, float]:
 
 
 def bench_guardrails(settings: Settings, squad: Path, n: int) -> dict:
-    from .retrieval.embedder import embedder_for
-    from .retrieval.index import ChunkingConfig, IndexStore
+    from bentos.retrieval.embedder import embedder_for
+    from bentos.retrieval.index import ChunkingConfig, IndexStore
 
     docs, answerable, _ = load_squad(squad)
     db = tempfile.mkdtemp(prefix="ragserve-bench-guardrails-")
     run = settings.model_copy(update={"db": db})
     IndexStore(db).reindex(docs, embedder_for(run), ChunkingConfig.from_settings(run))
     questions = [q for q, _ in answerable][: n + 10]
-    with plain_vllm(run, resolve_model(run)) as (engine_url, _):
-        sides = {"rails off": gateway(run, engine_url, False), "rails on": gateway(run, engine_url, True)}
+    with ExitStack() as stack:
+        engine_url, _ = stack.enter_context(plain_vllm(run, resolve_model(run)))
+        sides = {}
+        for name, rails in (("rails off", False), ("rails on", True)):
+            app, llm = gateway(run, engine_url, rails)
+            sides[name] = (stack.enter_context(serving(app, "/v1")), llm)
         times: dict[str, list[float]] = {name: [] for name in sides}
         totals: dict[str, list[float]] = {name: [] for name in sides}
-        with httpx.Client(timeout=120) as client:
-            for i, q in enumerate(tqdm(questions, desc="requests", unit="q")):
-                order = list(sides) if i % 2 == 0 else list(reversed(sides))
-                for name in order:
-                    t0 = time.perf_counter()
-                    r = client.post(f"{sides[name][0]}/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 1})
-                    ms = (time.perf_counter() - t0) * 1000
-                    r.raise_for_status()
-                    if i >= 10:  # the first ten warm both sides up
-                        totals[name].append(ms)
-                        times[name].append(ms - sides[name][3].last_ms)
-        for _, server, thread, _ in sides.values():
-            server.should_exit = True
-            thread.join(10)
+        client = stack.enter_context(httpx.Client(timeout=120))
+        for i, q in enumerate(tqdm(questions, desc="requests", unit="q")):
+            order = list(sides) if i % 2 == 0 else list(reversed(sides))
+            for name in order:
+                url, llm = sides[name]
+                t0 = time.perf_counter()
+                r = client.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 1})
+                ms = (time.perf_counter() - t0) * 1000
+                r.raise_for_status()
+                if i >= 10:  # the first ten warm both sides up
+                    totals[name].append(ms)
+                    times[name].append(ms - llm.last_ms)
     off, on = times["rails off"], times["rails on"]
     return {
         "requests_each": len(on),

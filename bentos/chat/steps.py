@@ -1,0 +1,252 @@
+"""The gateway's chat path as a sequence of named steps.
+
+A chat request becomes a ``Turn``. The steps before the model run in order; each reads and
+updates the turn, and either lets it go on (returns None) or answers it itself (a refusal,
+"nothing found"), which ends it. Then ``ModelCall`` relays the turn to the model service and runs
+the answer steps (the output rails) on what comes back, streamed or not:
+
+    EmbedQuery -> InputRails -> Retrieve -> RetrievalRails -> Ground -> ModelCall -> OutputRails
+
+A new step (an answer cache, a guard model) is a class beside these with the same call shape,
+put into the list in ``ChatPath.build``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable, Protocol
+
+import numpy as np
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import Histogram
+
+from bentos.chat.completions import answer
+from bentos.chat.prompting import NOT_FOUND, with_sources
+from bentos.guard.rails import Guard, StreamGuard, masked_conversation
+from bentos.retrieval.retriever import Retrieval, Retriever
+from bentos.retrieval.search import Hit
+from bentos.settings import Settings
+from bentos.web.metrics import SERVICE_METRICS
+from bentos.web.relay import SSE_HEADERS, Relay, UpstreamError, sse, sse_events
+from bentos.web.schemas import ChatCompletionRequest, Citation
+
+log = logging.getLogger("bentos.gateway")
+# What the gateway adds before the model sees a request; `ragserve bench serve` reports it too.
+PREPARE = Histogram("ragserve_gateway_prepare_seconds", "Chat requests relayed to the model: time from arrival to relay (guardrails, embedding, search).",
+                    registry=SERVICE_METRICS, buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5))
+
+
+@dataclass
+class Turn:
+    """One chat request on its way through the steps."""
+
+    req: ChatCompletionRequest
+    payload: dict  # what the model service will be sent
+    query: str  # the last user message's text: what is screened and searched
+    model: str  # the name answers carry
+    request_id: str | None = None
+    arrived: float = field(default_factory=time.perf_counter)
+    vector: np.ndarray | None = None
+    search: asyncio.Future[Retrieval] | None = None
+    index_version: int | None = None  # None: nothing is published yet
+    hits: list[Hit] = field(default_factory=list)  # the relevant chunks that go into the prompt
+
+    @property
+    def sources(self) -> list[str]:
+        return [h.source for h in self.hits]
+
+    @property
+    def citations(self) -> list[dict]:
+        return [Citation(source=h.source, chunk_id=h.chunk_id, score=h.score).model_dump() for h in self.hits]
+
+    def answer(self, content: str, finish_reason: str = "stop", **extra) -> Response:
+        """The gateway's own answer, in the shape the model's would have had (streamed or not)."""
+        return answer(self.model, self.req.stream, content, finish_reason, **extra)
+
+
+Step = Callable[[Turn], Awaitable[Response | None]]
+
+
+class AnswerStep(Protocol):
+    """A step on the model's answer: ``answer`` on a whole one (it may change the body, or return
+    a response that replaces it), ``stream`` gives the filter each streamed event goes through."""
+
+    async def answer(self, turn: Turn, body: dict) -> Response | None: ...
+
+    def stream(self, turn: Turn) -> Callable[[dict], Awaitable[dict]]: ...
+
+
+def log_retrieval(request_id: str | None, found: Retrieval) -> None:
+    log.info("retrieved", extra={"fields": {  # no query text: it may hold personal data
+        "request_id": request_id, "index_version": found.version, "candidates": len(found.hits),
+        "relevant": len(found.relevant), "embed_ms": round(found.embed_ms, 1), "search_ms": round(found.search_ms, 1),
+    }})
+
+
+def refusal(guard: Guard, turn: Turn, rail: str) -> Response:
+    """A blocked request still gets a normal completion: a short refusal, finish_reason
+    content_filter, and which rail blocked it."""
+    return turn.answer(guard.refusal, "content_filter", citations=[], guardrails={"blocked_by": rail})
+
+
+class EmbedQuery:
+    """The query's embedding (batched with other requests'), then its search started at once: it
+    runs beside the input rails, which screen the same vector; a refused request discards it."""
+
+    def __init__(self, retriever: Retriever, k: int):
+        self.retriever, self.k = retriever, k
+
+    async def __call__(self, turn: Turn) -> None:
+        turn.vector, embed_ms = await self.retriever.embed_query(turn.query)
+        turn.search = asyncio.ensure_future(self.retriever.search(turn.query, self.k, turn.vector, embed_ms))
+        turn.search.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even when discarded
+
+
+class InputRails:
+    """Masking, then attack and harm screening of the user's message; earlier turns are masked too."""
+
+    def __init__(self, guard: Guard):
+        self.guard = guard
+
+    async def __call__(self, turn: Turn) -> Response | None:
+        checked = await self.guard.check_input(turn.query, turn.vector)
+        if checked.blocked_by:
+            return refusal(self.guard, turn, checked.blocked_by)
+        turn.payload["messages"] = masked_conversation(self.guard, turn.payload["messages"], checked.text)
+        return None
+
+
+class Retrieve:
+    """The search's outcome: the relevant chunks of the published index (none if nothing is)."""
+
+    async def __call__(self, turn: Turn) -> None:
+        found = await turn.search
+        log_retrieval(turn.request_id, found)
+        turn.index_version, turn.hits = found.version, found.relevant
+
+
+class RetrievalRails:
+    """Chunks that carry instructions for the model (indirect prompt injection) are dropped."""
+
+    def __init__(self, guard: Guard):
+        self.guard = guard
+
+    async def __call__(self, turn: Turn) -> Response | None:
+        if not turn.hits:
+            return None
+        screened = await self.guard.check_retrieval([h.text for h in turn.hits], [h.vector for h in turn.hits])
+        if screened.blocked_by:
+            return refusal(self.guard, turn, screened.blocked_by)
+        turn.hits = [turn.hits[i] for i in screened.kept]
+        return None
+
+
+class Ground:
+    """The prompt: the chunks go first as numbered sources. With an index published, nothing
+    relevant means saying so rather than letting the model invent an answer; with none published
+    yet (a fresh `make serve`) the chat goes to the model as it is."""
+
+    async def __call__(self, turn: Turn) -> Response | None:
+        if turn.index_version is None:
+            return None
+        if not turn.hits:
+            return turn.answer(NOT_FOUND, citations=[])
+        turn.payload["messages"] = with_sources(turn.payload["messages"], turn.hits)
+        return None
+
+
+class OutputRails:
+    """Masking (as the text streams) and citations, per choice; the answer the client's fixed
+    format asks for is only masked."""
+
+    def __init__(self, guard: Guard):
+        self.guard = guard
+
+    async def answer(self, turn: Turn, body: dict) -> Response | None:
+        for choice in body.get("choices", []):
+            message = choice.get("message") or {}
+            content = message.get("content")
+            checked = await self.guard.check_output(content or "", turn.sources, turn.req.format_fixed)
+            if checked.blocked_by:
+                return refusal(self.guard, turn, checked.blocked_by)
+            if content is not None or checked.text:  # a tool call's null content stays null
+                choice["message"] = {**message, "content": checked.text}
+        return None
+
+    def stream(self, turn: Turn) -> Callable[[dict], Awaitable[dict]]:
+        rails = StreamGuard(self.guard, turn.sources, turn.req.format_fixed)
+
+        async def each(event: dict) -> dict:
+            if not event.get("choices"):
+                return event
+            return {**event, "choices": [await rails.choice(c) for c in event["choices"]]}
+
+        return each
+
+
+class ModelCall:
+    """The model service's answer, with ``citations`` beside it (in the first chunk when
+    streaming), after the answer steps."""
+
+    def __init__(self, llm: Relay, answer_steps: list[AnswerStep]):
+        self.llm, self.answer_steps = llm, answer_steps
+
+    async def __call__(self, turn: Turn) -> Response:
+        if not turn.req.stream:
+            r = await self.llm.request("POST", "/v1/chat/completions", turn.payload)
+            if r.status_code != 200:
+                return UpstreamError.of(r).response()
+            body = r.json()
+            for step in self.answer_steps:
+                if (replaced := await step.answer(turn, body)) is not None:
+                    return replaced
+            return JSONResponse({**body, "citations": turn.citations})
+        try:
+            upstream = await self.llm.open_stream("/v1/chat/completions", turn.payload)
+        except UpstreamError as e:
+            return e.response()
+        filters = [step.stream(turn) for step in self.answer_steps]
+
+        async def events() -> AsyncIterator[bytes]:
+            first = True
+            try:
+                async for event in sse_events(upstream):
+                    if isinstance(event, dict):
+                        if first:
+                            event, first = {**event, "citations": turn.citations}, False
+                        for each in filters:
+                            event = await each(event)
+                    yield sse(event)
+            finally:
+                await upstream.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+class ChatPath:
+    """The steps before the model, then the model call."""
+
+    def __init__(self, steps: list[Step], model_call: ModelCall):
+        self.steps, self.model_call = steps, model_call
+
+    @classmethod
+    def build(cls, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None) -> "ChatPath":
+        rails = guard is not None
+        steps: list[Step] = [
+            EmbedQuery(retriever, settings.retrieve_k),
+            *([InputRails(guard)] if rails else []),
+            Retrieve(),
+            *([RetrievalRails(guard)] if rails else []),
+            Ground(),
+        ]
+        return cls(steps, ModelCall(llm, [OutputRails(guard)] if rails else []))
+
+    async def __call__(self, turn: Turn) -> Response:
+        for step in self.steps:
+            if (answered := await step(turn)) is not None:
+                return answered
+        PREPARE.observe(time.perf_counter() - turn.arrived)
+        return await self.model_call(turn)
