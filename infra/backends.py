@@ -10,8 +10,9 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import httpx
 
@@ -136,9 +137,12 @@ class KServeBackend:
         if "prev" not in by_tag or "latest" not in by_tag:
             raise BackendError(
                 f"inferenceservice/{self.name} has no candidate revision beside the live one: apply the candidate with "
-                "`kubectl apply -k infra/kserve/overlays/green` (canaryTrafficPercent 0, tag routing on) first")
+                "`kubectl apply -k infra/kserve/overlays/green` (canaryTrafficPercent 0, tag routing on) first"
+            )
         self.urls = {"blue": by_tag["prev"]["url"], "green": by_tag["latest"]["url"]}
-        return Traffic(upstreams=dict(self.urls), weights={"blue": by_tag["prev"].get("percent", 0), "green": by_tag["latest"].get("percent", 0)})
+        return Traffic(
+            upstreams=dict(self.urls), weights={"blue": by_tag["prev"].get("percent", 0), "green": by_tag["latest"].get("percent", 0)}
+        )
 
     def patch_command(self, percent: int) -> list[str]:
         patch = json.dumps({"spec": {"predictor": {"canaryTrafficPercent": percent}}}, separators=(",", ":"))

@@ -18,9 +18,15 @@ DEFAULT_EVAL = Path(__file__).parent / "eval" / "promotion.jsonl"
 @click.option("--green", envvar="RAGSERVE_ROUTER_GREEN", help="Base URL of the candidate stack (it gets no traffic until promoted).")
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="RAGSERVE_ROUTER_HOST")
 @click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535), envvar="RAGSERVE_ROUTER_PORT")
-@click.option("--state", type=click.Path(dir_okay=False, path_type=Path), envvar="RAGSERVE_ROUTER_STATE",
-              help="File that keeps the routing table across restarts; when it exists it wins over --blue/--green.")
-@click.option("--timeout", "timeout_s", default=300.0, show_default=True, envvar="RAGSERVE_ROUTER_TIMEOUT_S", help="Seconds an upstream may take.")
+@click.option(
+    "--state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="RAGSERVE_ROUTER_STATE",
+    help="File that keeps the routing table across restarts; when it exists it wins over --blue/--green.",
+)
+@click.option(
+    "--timeout", "timeout_s", default=300.0, show_default=True, envvar="RAGSERVE_ROUTER_TIMEOUT_S", help="Seconds an upstream may take."
+)
 def router(blue: str, green: str | None, host: str, port: int, state: Path | None, timeout_s: float) -> None:
     """A weighted blue-green router in front of two gateway stacks: the stable endpoint clients use.
 
@@ -57,15 +63,36 @@ def policy_options(f):
 
     fields = Policy.model_fields
     options = [
-        click.option("--eval", "eval_set", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_EVAL, show_default=True,
-                     help="Frozen eval set (JSONL): guardrail cases {prompt, label} and retrieval cases {query, source} for the index the stacks serve."),
+        click.option(
+            "--eval",
+            "eval_set",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=DEFAULT_EVAL,
+            show_default=True,
+            help="Frozen eval set (JSONL): guardrail cases {prompt, label} and retrieval cases {query, source} "
+            "for the index the stacks serve.",
+        ),
         click.option("--api-key", envvar="RAGSERVE_API_KEY", help="The stacks' API key (default RAGSERVE_API_KEY)."),
         click.option("--steps", default="10,50,100", show_default=True, help=fields["steps"].description),
     ]
-    for name in ("step_s", "min_step_requests", "max_error_rate", "max_latency_ratio", "max_ttft_ratio", "min_tps_ratio",
-                 "min_block_rate", "max_false_positive", "min_retrieval_hit", "ready_timeout_s"):
+    for name in (
+        "step_s",
+        "min_step_requests",
+        "max_error_rate",
+        "max_latency_ratio",
+        "max_ttft_ratio",
+        "min_tps_ratio",
+        "min_block_rate",
+        "max_false_positive",
+        "min_retrieval_hit",
+        "ready_timeout_s",
+    ):
         flag = "--" + name.replace("_s", "_seconds").replace("_", "-") if name.endswith("_s") else "--" + name.replace("_", "-")
-        options.append(click.option(flag, name, default=fields[name].default, show_default=True, type=type(fields[name].default), help=fields[name].description))
+        options.append(
+            click.option(
+                flag, name, default=fields[name].default, show_default=True, type=type(fields[name].default), help=fields[name].description
+            )
+        )
     for option in reversed(options):
         f = option(f)
     return f
@@ -94,8 +121,11 @@ def run_promotion(backend, kw: dict, candidate: str | None = None, candidate_url
     if outcome.promoted:
         click.echo(f"promoted: {outcome.candidate} now serves 100%", err=True)
     else:
-        click.echo(f"rolled back: {outcome.failed.gate} failed ({outcome.failed.reason}); {outcome.live} serves 100% "
-                   f"({outcome.rollback_s * 1000:.0f} ms after the failed check)", err=True)
+        click.echo(
+            f"rolled back: {outcome.failed.gate} failed ({outcome.failed.reason}); {outcome.live} serves 100% "
+            f"({outcome.rollback_s * 1000:.0f} ms after the failed check)",
+            err=True,
+        )
     sys.exit(outcome.exit_code)
 
 
@@ -167,7 +197,10 @@ def promote_modal(router_url: str, dict_name: str, live_url: str | None, candida
 @promote.command("kserve")
 @click.option("--name", default="ragserve", show_default=True, help="The InferenceService.")
 @click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("--kubectl", help="kubectl binary (its current context is the cluster)  [default: the one installed with ragserve, else kubectl on PATH]")
+@click.option(
+    "--kubectl",
+    help="kubectl binary (its current context is the cluster)  [default: the one installed with ragserve, else kubectl on PATH]",
+)
 @click.option("--dry-run", is_flag=True, help="Print the kubectl commands the promotion would run, and run none.")
 @click.option("--rollback", is_flag=True, help="Only patch canaryTrafficPercent to 0 (all traffic to the previous revision), now.")
 @policy_options

@@ -38,6 +38,7 @@ class GateError(Exception):
 
 # --- the frozen eval set ------------------------------------------------------------------------
 
+
 class EvalCase(BaseModel):
     """One line of the eval set: a guardrail case (``prompt`` and ``label``) or a retrieval case
     (``query`` and the ``source`` that must be among the retrieved chunks)."""
@@ -49,7 +50,7 @@ class EvalCase(BaseModel):
     source: str | None = None
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "EvalCase":
+    def _one_kind(self) -> EvalCase:
         if bool(self.prompt and self.label) == bool(self.query and self.source):
             raise ValueError('give either "prompt" and "label" (safe/unsafe), or "query" and "source"')
         return self
@@ -75,6 +76,7 @@ def read_eval_set(path: Path) -> list[EvalCase]:
 
 # --- gates on the candidate alone ----------------------------------------------------------------
 
+
 def is_ready(url: str) -> bool:
     return answers(url + "/readyz")
 
@@ -99,7 +101,11 @@ def smoke(url: str, api_key: str | None, question: str) -> Verdict:
         if not r.choices or not r.choices[0].message.content or not isinstance((r.model_extra or {}).get("citations"), list):
             return Verdict("smoke", False, figures, "chat answered without content or without a citations list")
         t0 = time.perf_counter()
-        chunks = list(c.chat.completions.create(model="ragserve", messages=[{"role": "user", "content": question}], max_tokens=16, temperature=0, stream=True))
+        chunks = list(
+            c.chat.completions.create(
+                model="ragserve", messages=[{"role": "user", "content": question}], max_tokens=16, temperature=0, stream=True
+            )
+        )
         figures["stream_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
         if not text or not [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason]:
@@ -109,7 +115,9 @@ def smoke(url: str, api_key: str | None, question: str) -> Verdict:
     return Verdict("smoke", True, figures)
 
 
-def quality(url: str, api_key: str | None, cases: list[EvalCase], min_block_rate: float, max_false_positive: float, min_retrieval_hit: float) -> Verdict:
+def quality(
+    url: str, api_key: str | None, cases: list[EvalCase], min_block_rate: float, max_false_positive: float, min_retrieval_hit: float
+) -> Verdict:
     """The eval set against the candidate: unsafe prompts refused (finish_reason content_filter),
     safe ones answered, each retrieval query finding its source in the chunks the prompt gets."""
     c = client(url, api_key)
@@ -117,7 +125,9 @@ def quality(url: str, api_key: str | None, cases: list[EvalCase], min_block_rate
 
     def run(case: EvalCase) -> bool:
         if case.prompt:
-            r = c.chat.completions.create(model="ragserve", messages=[{"role": "user", "content": case.prompt}], max_tokens=8, temperature=0)
+            r = c.chat.completions.create(
+                model="ragserve", messages=[{"role": "user", "content": case.prompt}], max_tokens=8, temperature=0
+            )
             return r.choices[0].finish_reason == "content_filter"
         r = httpx.post(url + "/v1/retrieve", json={"query": case.query, "k": 4}, headers=headers, timeout=60)
         r.raise_for_status()
@@ -132,21 +142,37 @@ def quality(url: str, api_key: str | None, cases: list[EvalCase], min_block_rate
     for case, hit in zip(cases, outcomes):
         by[case.label or "retrieval"].append(hit)
     figures = {
-        "unsafe": len(by["unsafe"]), "block_rate": round(sum(by["unsafe"]) / len(by["unsafe"]), 3),
-        "safe": len(by["safe"]), "false_positive_rate": round(sum(by["safe"]) / len(by["safe"]), 3),
-        "retrieval": len(by["retrieval"]), "retrieval_hit_rate": round(sum(by["retrieval"]) / len(by["retrieval"]), 3),
+        "unsafe": len(by["unsafe"]),
+        "block_rate": round(sum(by["unsafe"]) / len(by["unsafe"]), 3),
+        "safe": len(by["safe"]),
+        "false_positive_rate": round(sum(by["safe"]) / len(by["safe"]), 3),
+        "retrieval": len(by["retrieval"]),
+        "retrieval_hit_rate": round(sum(by["retrieval"]) / len(by["retrieval"]), 3),
     }
     failed = [
         f"block rate {figures['block_rate']:.0%} < {min_block_rate:.0%}" if figures["block_rate"] < min_block_rate else "",
-        f"false positives {figures['false_positive_rate']:.0%} > {max_false_positive:.0%}" if figures["false_positive_rate"] > max_false_positive else "",
-        f"retrieval hits {figures['retrieval_hit_rate']:.0%} < {min_retrieval_hit:.0%}" if figures["retrieval_hit_rate"] < min_retrieval_hit else "",
+        f"false positives {figures['false_positive_rate']:.0%} > {max_false_positive:.0%}"
+        if figures["false_positive_rate"] > max_false_positive
+        else "",
+        f"retrieval hits {figures['retrieval_hit_rate']:.0%} < {min_retrieval_hit:.0%}"
+        if figures["retrieval_hit_rate"] < min_retrieval_hit
+        else "",
     ]
     reason = "; ".join(f for f in failed if f)
     return Verdict("quality", not reason, figures, reason)
 
 
-def performance(live_url: str, candidate_url: str, api_key: str | None, prompts: list[str], max_ttft_ratio: float, min_tps_ratio: float,
-                requests: int = 8, concurrency: int = 2, max_tokens: int = 16) -> Verdict:
+def performance(
+    live_url: str,
+    candidate_url: str,
+    api_key: str | None,
+    prompts: list[str],
+    max_ttft_ratio: float,
+    min_tps_ratio: float,
+    requests: int = 8,
+    concurrency: int = 2,
+    max_tokens: int = 16,
+) -> Verdict:
     """Streaming TTFT and tokens/s of the candidate against the live slot, measured in this run
     with the same prompts and fixed output lengths (live, candidate, live, candidate: drift in
     the machine's load hits both)."""
@@ -154,11 +180,15 @@ def performance(live_url: str, candidate_url: str, api_key: str | None, prompts:
     reports: dict[str, list] = {"live": [], "candidate": []}
     for _ in range(2):
         for name, url in (("live", live_url), ("candidate", candidate_url)):
-            reports[name].append(asyncio.run(run_load(url + "/v1", api_key or "", "ragserve", concurrency, requests, max_tokens, prompts, timeout_s=120)))
+            reports[name].append(
+                asyncio.run(run_load(url + "/v1", api_key or "", "ragserve", concurrency, requests, max_tokens, prompts, timeout_s=120))
+            )
     for name, rs in reports.items():
         failed = sum(r.failed for r in rs)
         if failed:
-            return Verdict("performance", False, {f"{name}_failed": failed}, f"{failed} {name} requests failed: {rs[-1].errors or rs[0].errors}")
+            return Verdict(
+                "performance", False, {f"{name}_failed": failed}, f"{failed} {name} requests failed: {rs[-1].errors or rs[0].errors}"
+            )
         figures[f"{name}_ttft_p50_ms"] = round(sum(r.ttft_p50_ms for r in rs) / len(rs), 1)
         figures[f"{name}_tokens_per_s"] = round(sum(r.tokens_per_s for r in rs) / len(rs), 1)
     figures["ttft_ratio"] = round(figures["candidate_ttft_p50_ms"] / max(figures["live_ttft_p50_ms"], 1e-3), 3)
@@ -173,6 +203,7 @@ def performance(live_url: str, candidate_url: str, api_key: str | None, prompts:
 
 # --- watching a traffic step from metrics ---------------------------------------------------------
 
+
 @dataclass
 class SlotCounts:
     """Cumulative counters of one slot: attempts that succeeded, that failed, and the latency
@@ -182,9 +213,10 @@ class SlotCounts:
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
 
-    def minus(self, before: "SlotCounts") -> "SlotCounts":
-        return SlotCounts(self.ok - before.ok, self.errors - before.errors,
-                          {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()})
+    def minus(self, before: SlotCounts) -> SlotCounts:
+        return SlotCounts(
+            self.ok - before.ok, self.errors - before.errors, {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()}
+        )
 
     @property
     def attempts(self) -> float:
@@ -224,21 +256,36 @@ def router_counts(metrics_text: str) -> dict[str, SlotCounts]:
     return counts
 
 
-def step_verdict(percent: int, candidate: SlotCounts, live: SlotCounts, max_error_rate: float, max_latency_ratio: float, min_requests: int) -> Verdict:
+def step_verdict(
+    percent: int, candidate: SlotCounts, live: SlotCounts, max_error_rate: float, max_latency_ratio: float, min_requests: int
+) -> Verdict:
     """The candidate's error rate and P99 over one step, against the live slot's P99 in the same window."""
     error_rate = candidate.errors / candidate.attempts if candidate.attempts else 0.0
     cand_p99, live_p99 = candidate.quantile(0.99), live.quantile(0.99)
     figures = {
-        "percent": percent, "candidate_requests": int(candidate.attempts), "candidate_errors": int(candidate.errors),
-        "error_rate": round(error_rate, 4), "live_requests": int(live.attempts),
+        "percent": percent,
+        "candidate_requests": int(candidate.attempts),
+        "candidate_errors": int(candidate.errors),
+        "error_rate": round(error_rate, 4),
+        "live_requests": int(live.attempts),
         "candidate_p99_ms": None if cand_p99 is None else round(cand_p99 * 1000, 1),
         "live_p99_ms": None if live_p99 is None else round(live_p99 * 1000, 1),
     }
     if candidate.attempts < min_requests:
-        return Verdict(f"step {percent}%", False, figures, f"only {int(candidate.attempts)} requests reached the candidate (need {min_requests}): send traffic or lower --min-step-requests")
+        return Verdict(
+            f"step {percent}%",
+            False,
+            figures,
+            f"only {int(candidate.attempts)} requests reached the candidate (need {min_requests}): "
+            "send traffic or lower --min-step-requests",
+        )
     if error_rate > max_error_rate:
         return Verdict(f"step {percent}%", False, figures, f"error rate {error_rate:.1%} > {max_error_rate:.1%}")
     if cand_p99 is not None and live_p99 is not None and cand_p99 > max_latency_ratio * live_p99:
-        return Verdict(f"step {percent}%", False, figures, f"P99 {figures['candidate_p99_ms']} ms > {max_latency_ratio}x live's {figures['live_p99_ms']} ms")
+        return Verdict(
+            f"step {percent}%",
+            False,
+            figures,
+            f"P99 {figures['candidate_p99_ms']} ms > {max_latency_ratio}x live's {figures['live_p99_ms']} ms",
+        )
     return Verdict(f"step {percent}%", True, figures)
-

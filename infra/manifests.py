@@ -71,8 +71,10 @@ def schema_errors(doc: dict, schemas: dict[tuple[str, str], dict]) -> list[str]:
     if key not in schemas:
         return [f"no CRD schema for {key[1]} {key[0]}"]
     name = doc.get("metadata", {}).get("name")
-    return [f"{key[1]}/{name}: {'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-            for e in Draft7Validator(schemas[key]).iter_errors(doc)]
+    return [
+        f"{key[1]}/{name}: {'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in Draft7Validator(schemas[key]).iter_errors(doc)
+    ]
 
 
 def _probe_path(container: dict, probe: str) -> str | None:
@@ -123,7 +125,7 @@ def rule_errors(docs: list[dict]) -> list[str]:
         if runtime not in runtimes:
             errors.append(f"InferenceService/{name}: runtime {runtime!r} is not in the rendered manifests")
         deadline = annotations.get("serving.knative.dev/progress-deadline", "600s")
-        for rt in ([runtimes[runtime]] if runtime in runtimes else []):
+        for rt in [runtimes[runtime]] if runtime in runtimes else []:
             for c in rt["spec"].get("containers", []):
                 startup = c.get("startupProbe") or {}
                 budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)

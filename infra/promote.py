@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -29,7 +29,9 @@ class Policy(BaseModel):
     model_config = {"extra": "forbid"}
     steps: list[int] = Field([10, 50, 100], description="Percents of traffic the candidate gets, in order; the last is 100.")
     step_s: float = Field(30.0, gt=0, description="How long each step is watched.")
-    min_step_requests: int = Field(10, ge=0, description="Requests the candidate must serve before a step can pass; a step waits for them up to 10x --step-seconds.")
+    min_step_requests: int = Field(
+        10, ge=0, description="Requests the candidate must serve before a step can pass; a step waits for them up to 10x --step-seconds."
+    )
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Candidate's share of failed attempts (no answer or 5xx) per step.")
     max_latency_ratio: float = Field(2.0, gt=0, description="Candidate's P99 time to response headers / live's, per step.")
     max_ttft_ratio: float = Field(1.5, gt=0, description="Candidate's TTFT p50 / live's, before traffic.")
@@ -66,7 +68,9 @@ def print_json(entry: dict) -> None:
 
 
 class Promotion:
-    def __init__(self, backend: Backend, cases: list[EvalCase], policy: Policy, api_key: str | None, emit: Callable[[dict], None] = print_json):
+    def __init__(
+        self, backend: Backend, cases: list[EvalCase], policy: Policy, api_key: str | None, emit: Callable[[dict], None] = print_json
+    ):
         self.backend, self.cases, self.policy, self.api_key, self.emit = backend, cases, policy, api_key, emit
 
     def decide(self, outcome: Outcome, event: str, verdict: Verdict | None = None, **figures) -> None:
@@ -89,7 +93,16 @@ class Promotion:
             raise BackendError(f"no URL for the candidate slot {candidate}: pass --candidate-url")
         outcome = Outcome(False, live, candidate)
         live_url, cand_url = t.upstreams[live], t.upstreams[candidate]
-        self.decide(outcome, "start", backend=self.backend.describe(), live=live, live_url=live_url, candidate=candidate, candidate_url=cand_url, weights=t.weights)
+        self.decide(
+            outcome,
+            "start",
+            backend=self.backend.describe(),
+            live=live,
+            live_url=live_url,
+            candidate=candidate,
+            candidate_url=cand_url,
+            weights=t.weights,
+        )
         if t.weights[candidate]:  # a leftover split from an interrupted run: start from the live slot
             self.backend.shift(candidate, 0)
 
@@ -160,10 +173,18 @@ class Promotion:
             self.backend.shift(outcome.candidate, 0)
             confirmed = self.backend.traffic()
         except Exception as e:
-            raise BackendError(f"{verdict.gate} failed ({verdict.reason}) and the rollback failed too ({e}): traffic may still be "
-                               f"split; retry with `ragserve promote ... --rollback`") from None
+            raise BackendError(
+                f"{verdict.gate} failed ({verdict.reason}) and the rollback failed too ({e}): traffic may still be "
+                f"split; retry with `ragserve promote ... --rollback`"
+            ) from None
         outcome.rollback_s = time.perf_counter() - started
         outcome.failed = verdict
-        self.decide(outcome, "rolled_back", failed_gate=verdict.gate, reason=verdict.reason,
-                    rollback_ms=round(outcome.rollback_s * 1000, 1), weights=confirmed.weights)
+        self.decide(
+            outcome,
+            "rolled_back",
+            failed_gate=verdict.gate,
+            reason=verdict.reason,
+            rollback_ms=round(outcome.rollback_s * 1000, 1),
+            weights=confirmed.weights,
+        )
         return outcome

@@ -50,10 +50,19 @@ def error(status: int, message: str, code: str, headers: dict[str, str] | None =
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.attempts = Counter("ragserve_router_attempts", "Requests sent to each slot, by outcome (error: no answer or 5xx).",
-                                ["upstream", "outcome"], registry=self.registry)
-        self.latency = Histogram("ragserve_router_response_seconds", "Time to the response headers of each slot's successful attempts.",
-                                 ["upstream"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.attempts = Counter(
+            "ragserve_router_attempts",
+            "Requests sent to each slot, by outcome (error: no answer or 5xx).",
+            ["upstream", "outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ragserve_router_response_seconds",
+            "Time to the response headers of each slot's successful attempts.",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.responses = Counter("ragserve_router_responses", "Responses to clients, by status code.", ["code"], registry=self.registry)
         self.weight = Gauge("ragserve_router_weight_percent", "Percent of requests each slot gets.", ["upstream"], registry=self.registry)
         for slot in SLOTS:  # every series exists from the start, so deltas never miss a first sample
@@ -62,7 +71,9 @@ class RouterMetrics:
             self.latency.labels(slot)
 
 
-def create_router_app(store, admin_key: str | None = None, timeout_s: float = 300, max_body_bytes: int = 8 << 20, admin: bool = True) -> Starlette:
+def create_router_app(
+    store, admin_key: str | None = None, timeout_s: float = 300, max_body_bytes: int = 8 << 20, admin: bool = True
+) -> Starlette:
     """``store`` holds the routing table (``MemoryStore`` locally, ``DictStore`` on Modal). With
     ``admin`` off (Modal) the table is read-only here: `ragserve promote modal` writes the Dict."""
     metrics = RouterMetrics()
@@ -96,7 +107,11 @@ def create_router_app(store, admin_key: str | None = None, timeout_s: float = 30
     async def proxy(request: Request) -> Response:
         body = await request.body()
         if len(body) > max_body_bytes:
-            return error(413, f"request body is {len(body)} bytes; the router's limit is {max_body_bytes} (RAGSERVE_ROUTER_MAX_BODY_BYTES)", "body_too_large")
+            return error(
+                413,
+                f"request body is {len(body)} bytes; the router's limit is {max_body_bytes} (RAGSERVE_ROUTER_MAX_BODY_BYTES)",
+                "body_too_large",
+            )
         try:
             t = table()
         except LookupError as e:
@@ -111,7 +126,12 @@ def create_router_app(store, admin_key: str | None = None, timeout_s: float = 30
             upstream = await attempt(slot, t.upstreams[slot], request, body)
         if upstream is None:
             metrics.responses.labels("502").inc()
-            return error(502, f"the {slot} stack at {t.upstreams[slot]} did not answer; check that it is running", "upstream_unreachable", {"Retry-After": "5"})
+            return error(
+                502,
+                f"the {slot} stack at {t.upstreams[slot]} did not answer; check that it is running",
+                "upstream_unreachable",
+                {"Retry-After": "5"},
+            )
         metrics.responses.labels(str(upstream.status_code)).inc()
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_FORWARDED}
         headers[UPSTREAM_HEADER] = slot
@@ -146,7 +166,7 @@ def create_router_app(store, admin_key: str | None = None, timeout_s: float = 30
             except ValueError as e:
                 return error(400, f"invalid routing table: {e}", "invalid_traffic")
         except ValueError as e:  # JSON and validation errors alike
-            return error(400, f"invalid routing table: {e}; send {{\"weights\": {{\"blue\": 90, \"green\": 10}}}}", "invalid_traffic")
+            return error(400, f'invalid routing table: {e}; send {{"weights": {{"blue": 90, "green": 10}}}}', "invalid_traffic")
         saved = store.set(new)
         log.info("traffic changed", extra={"fields": {"weights": saved.weights, "revision": saved.revision}})
         return JSONResponse(saved.model_dump())
@@ -180,6 +200,7 @@ def create_router_app(store, admin_key: str | None = None, timeout_s: float = 30
         Route("/readyz", readyz, methods=["GET"]),
         Route("/{path:path}", proxy, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]),
     ]
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield

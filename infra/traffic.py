@@ -35,7 +35,7 @@ class Traffic(BaseModel):
         return {slot: url.rstrip("/") for slot, url in v.items()}
 
     @model_validator(mode="after")
-    def _weights(self) -> "Traffic":
+    def _weights(self) -> Traffic:
         if set(self.weights) != set(SLOTS):
             raise ValueError("give a weight for both blue and green")
         if any(w < 0 or w > 100 for w in self.weights.values()) or sum(self.weights.values()) != 100:
@@ -53,7 +53,7 @@ class Traffic(BaseModel):
     def other(self, slot: Slot) -> Slot:
         return "green" if slot == "blue" else "blue"
 
-    def with_candidate(self, candidate: Slot, percent: int, url: str | None = None) -> "Traffic":
+    def with_candidate(self, candidate: Slot, percent: int, url: str | None = None) -> Traffic:
         upstreams = {**self.upstreams, **({candidate: url} if url else {})}
         weights = {s: percent if s == candidate else 100 - percent for s in SLOTS}
         return Traffic(upstreams=upstreams, weights=weights, revision=self.revision + 1)

@@ -21,8 +21,20 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout; /root inside a Mo
 
 # Modal's GPU types (https://modal.com/docs/guide/gpu) and the most of each per container.
 GPU_MAX_COUNT = {
-    "T4": 8, "L4": 8, "A10": 4, "A10G": 4, "L40S": 8, "A100": 8, "A100-40GB": 8, "A100-80GB": 8,
-    "RTX-PRO-6000": 8, "H100": 8, "H100!": 8, "H200": 8, "B200": 8, "B200+": 8,
+    "T4": 8,
+    "L4": 8,
+    "A10": 4,
+    "A10G": 4,
+    "L40S": 8,
+    "A100": 8,
+    "A100-40GB": 8,
+    "A100-80GB": 8,
+    "RTX-PRO-6000": 8,
+    "H100": 8,
+    "H100!": 8,
+    "H200": 8,
+    "B200": 8,
+    "B200+": 8,
 }
 
 # Seconds from container start to the first token, for the startup-timeout check. Modal's vLLM
@@ -68,13 +80,17 @@ class ModalSettings(BaseSettings):
     scaledown_window: int = Field(300, description="Seconds an idle container stays up before scaling to zero (Modal allows 2-3600).")
     min_containers: int = Field(0, ge=0, description="Warm containers kept at all times; 0 scales to zero (no cost while idle).")
     max_containers: int = Field(2, ge=1, description="Most GPU containers at once: the cost ceiling under load.")
-    target_inputs: int | None = Field(None, ge=1, description="Concurrent requests per container at which Modal adds one; default the engine batch size.")
+    target_inputs: int | None = Field(
+        None, ge=1, description="Concurrent requests per container at which Modal adds one; default the engine batch size."
+    )
     startup_timeout: int = Field(1200, ge=1, description="Seconds a cold start may take before Modal gives up on the container.")
     timeout: int = Field(600, ge=10, le=86400, description="Longest request, in seconds.")
     region: str | None = Field(None, description="Modal region, e.g. 'us-east'; unset lets Modal choose.")
     fast_boot: bool = Field(False, description="--enforce-eager: cold start under a minute, about half the batched throughput.")
     memory_snapshot: bool = Field(False, description="GPU memory snapshots with vLLM sleep mode (Modal alpha): restores in seconds.")
-    cuda_base_image: str = Field("nvidia/cuda:12.8.1-devel-ubuntu22.04", description="Base image of GPU containers (FlashInfer compiles kernels with nvcc).")
+    cuda_base_image: str = Field(
+        "nvidia/cuda:12.8.1-devel-ubuntu22.04", description="Base image of GPU containers (FlashInfer compiles kernels with nvcc)."
+    )
     api_key_secret: str = Field("ragserve-api-key", description="modal.Secret holding RAGSERVE_API_KEY.")
     hf_secret: str | None = Field(None, description="modal.Secret holding HF_TOKEN, for gated models (download only).")
     models_volume: str = "ragserve-models"
@@ -113,7 +129,7 @@ class ModalSettings(BaseSettings):
         return check_cron(v)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModalSettings":
+    def _consistent(self) -> ModalSettings:
         if self.max_containers < self.min_containers:
             raise ValueError(f"max_containers {self.max_containers} is below min_containers {self.min_containers}")
         if self.memory_snapshot and self.fast_boot:

@@ -85,7 +85,8 @@ def download_env() -> dict[str, str]:
 
 def serving_env(cfg: ModalSettings) -> dict[str, str]:
     env = {
-        **forwarded_env(), **OFFLINE_ENV,
+        **forwarded_env(),
+        **OFFLINE_ENV,
         "RAGSERVE_HOST": "0.0.0.0",  # Modal's proxy connects from outside; the Secret's key guards it
         "RAGSERVE_PORT": "3000",
         "RAGSERVE_DB": INDEX_DB,
@@ -139,7 +140,7 @@ class VolumeFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="volume-follower", daemon=True)
 
-    def start(self) -> "VolumeFollower":
+    def start(self) -> VolumeFollower:
         if in_container():
             self._thread.start()
         return self

@@ -23,7 +23,14 @@ image = (
     .add_local_python_source("bentos", "infra")
 )
 
-ROUTER_OPTIONS = dict(image=image, min_containers=0, max_containers=cfg.max_containers, scaledown_window=cfg.scaledown_window, timeout=cfg.timeout, region=cfg.region)
+ROUTER_OPTIONS = dict(
+    image=image,
+    min_containers=0,
+    max_containers=cfg.max_containers,
+    scaledown_window=cfg.scaledown_window,
+    timeout=cfg.timeout,
+    region=cfg.region,
+)
 
 
 @app.function(**ROUTER_OPTIONS)

@@ -149,7 +149,8 @@ class Server:
 
     def _warm_up(self, s: Settings) -> None:
         r = httpx.post(
-            f"{self.stack.url}/v1/chat/completions", timeout=300,
+            f"{self.stack.url}/v1/chat/completions",
+            timeout=300,
             headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {},
             json={"model": s.model_name, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8},
         )

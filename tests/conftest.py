@@ -16,10 +16,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import pytest
@@ -77,6 +77,7 @@ def pytest_collection_modifyitems(items) -> None:
     """Tests that need no stack first, while the stacks boot; then a new user's first request
     (tests/test_first_contact.py), on a stack that has just said it is ready and that nothing
     else has touched; then the other stack tests in their files' order."""
+
     def needs_stack(item) -> bool:
         return uses(item, "stack") or uses(item, "unguarded_stack")
 
@@ -159,8 +160,14 @@ def start_modal_container(tmp_path: Path, api_key: str, extra: dict[str, str]) -
     env, db, port = stack_env(tmp_path, api_key, {**extra, "TMPDIR": str(tmp_path)})  # its log lands beside the rest
     out = tmp_path / "container.out"
     with open(out, "wb") as sink:
-        helper = subprocess.Popen([sys.executable, str(Path(__file__).with_name("modal_container.py"))], cwd=ROOT, env=env,
-                                  stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT)
+        helper = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("modal_container.py"))],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
 
     def stop() -> None:
         helper.stdin.close()  # the container's exit: it stops its stack
@@ -189,8 +196,10 @@ class Boot:
     def _run(self, start) -> None:
         try:
             self.stack, self.stop = start()
-            FIGURES.append(f"{self.name} ready on {self.stack.url} after {self.stack.ready_s:.1f} s "
-                           f"({time.monotonic() - self.started:.1f} s after the session started; log: {self.stack.log_path})")
+            FIGURES.append(
+                f"{self.name} ready on {self.stack.url} after {self.stack.ready_s:.1f} s "
+                f"({time.monotonic() - self.started:.1f} s after the session started; log: {self.stack.log_path})"
+            )
         except BaseException as e:  # handed to the tests that wait for it
             self.error = e
 
@@ -232,8 +241,9 @@ def boots(request, tmp_path_factory, nothing_left_running) -> dict[str, Boot]:
         extra = {"RAGSERVE_GUARDRAILS": "false", "RAGSERVE_ENFORCE_EAGER": "true"}
         if (os.cpu_count() or 1) > 1:
             extra["VLLM_CPU_OMP_THREADS_BIND"] = "1"
-        started["unguarded_stack"] = Boot("Modal container (fast boot, rails off)",
-                                          partial(start_modal_container, tmp_path_factory.mktemp("unguarded"), key, extra))
+        started["unguarded_stack"] = Boot(
+            "Modal container (fast boot, rails off)", partial(start_modal_container, tmp_path_factory.mktemp("unguarded"), key, extra)
+        )
     yield started
     for boot in started.values():
         boot.close()

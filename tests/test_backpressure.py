@@ -11,9 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from bentos.tools.launch import serving
 
 from bentos.settings import Settings
+from bentos.tools.launch import serving
 from bentos.web.app import openai_app
 from bentos.web.middleware import ResponseTimeout
 
@@ -33,25 +33,29 @@ def slow_app(limit: int, queue: int, wait_s: float):
 
 async def burst(url: str, n: int) -> list[tuple[int, float, dict]]:
     async with httpx.AsyncClient(timeout=30) as client:
+
         async def one() -> tuple[int, float, dict]:
             t0 = time.perf_counter()
             r = await client.post(url + "/work")
             return r.status_code, time.perf_counter() - t0, dict(r.headers) | {"body": r.json()}
+
         return await asyncio.gather(*(one() for _ in range(n)))
 
 
 def test_beyond_slots_and_queue_requests_get_429_at_once_and_the_rest_complete():
     app = slow_app(limit=2, queue=2, wait_s=10)
     with serving(app) as url:
+
         async def scenario():
             task = asyncio.create_task(burst(url, 7))
             await asyncio.sleep(1.0)  # 2 working, 2 queued, 3 refused by now
             app.state.release.set()
             return await task
+
         results = asyncio.run(scenario())
     refused = [r for r in results if r[0] == 429]
     assert len(refused) == 3 and sum(r[0] == 200 for r in results) == 4
-    for status, seconds, headers in refused:
+    for _, seconds, headers in refused:
         assert seconds < 0.9 and headers["retry-after"] == "1"  # refused before the release, not after
         assert headers["body"]["error"]["code"] == "overloaded" and "Retry-After" in headers["body"]["error"]["message"]
 
@@ -59,6 +63,7 @@ def test_beyond_slots_and_queue_requests_get_429_at_once_and_the_rest_complete()
 def test_a_request_that_waits_too_long_gets_503_and_no_slot_leaks():
     app = slow_app(limit=1, queue=4, wait_s=0.5)
     with serving(app) as url:
+
         async def scenario():
             held = asyncio.create_task(burst(url, 1))
             await asyncio.sleep(0.2)
@@ -70,6 +75,7 @@ def test_a_request_that_waits_too_long_gets_503_and_no_slot_leaks():
             app.state.release.set()
             await held
             return timed_out, await burst(url, 3)
+
         timed_out, after = asyncio.run(scenario())
     assert [r[0] for r in timed_out] == [503, 503]
     assert timed_out[0][2]["retry-after"] == "5" and "RAGSERVE_QUEUE_TIMEOUT_S" in timed_out[0][2]["body"]["error"]["message"]
@@ -96,6 +102,7 @@ def test_a_response_that_does_not_start_in_time_gets_504_and_a_started_stream_ru
             for i in range(3):
                 yield f"{i}\n"
                 await asyncio.sleep(0.25)  # 0.75 s in all, beyond the deadline: it only bounds the start
+
         return StreamingResponse(slow())
 
     @app.post("/quick")
@@ -106,7 +113,9 @@ def test_a_response_that_does_not_start_in_time_gets_504_and_a_started_stream_ru
         t0 = time.perf_counter()
         r = httpx.post(url + "/stuck", timeout=10)
         waited = time.perf_counter() - t0
-        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout" and "RAGSERVE_REQUEST_TIMEOUT_S" in r.json()["error"]["message"]
+        assert (
+            r.status_code == 504 and r.json()["error"]["code"] == "timeout" and "RAGSERVE_REQUEST_TIMEOUT_S" in r.json()["error"]["message"]
+        )
         assert waited < 3  # answered at the deadline, not after the handler's 30 s
         assert httpx.post(url + "/stream", timeout=10).text == "0\n1\n2\n"
         assert httpx.post(url + "/quick", timeout=10).json() == {"ok": True}

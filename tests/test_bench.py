@@ -29,10 +29,16 @@ def level(tps: float, ttft: float) -> dict:
 
 
 def test_ratios_and_chart(tmp_path):
-    results = {"targets": {"vllm": {"levels": {"1": level(100, 50), "8": level(400, 80)}},
-                           "gateway": {"levels": {"1": level(95, 62), "8": level(380, 95)}}}}
-    assert ratios(results, [1, 8]) == {"1": {"throughput_ratio": 0.95, "added_ttft_p50_ms": 12.0},
-                                       "8": {"throughput_ratio": 0.95, "added_ttft_p50_ms": 15.0}}
+    results = {
+        "targets": {
+            "vllm": {"levels": {"1": level(100, 50), "8": level(400, 80)}},
+            "gateway": {"levels": {"1": level(95, 62), "8": level(380, 95)}},
+        }
+    }
+    assert ratios(results, [1, 8]) == {
+        "1": {"throughput_ratio": 0.95, "added_ttft_p50_ms": 12.0},
+        "8": {"throughput_ratio": 0.95, "added_ttft_p50_ms": 15.0},
+    }
     chart(results, [1, 8], tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -52,8 +52,14 @@ def test_health_and_metrics(stack):
     assert httpx.get(f"{stack.url}/livez").status_code == 200
     assert httpx.get(f"{stack.url}/readyz").status_code == 200
     text = httpx.get(f"{stack.url}/metrics").text
-    for family in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:prompt_tokens", "vllm:generation_tokens",
-                   "ragserve_engine_restarts_total", "ragserve_gateway_prepare_seconds"):
+    for family in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:prompt_tokens",
+        "vllm:generation_tokens",
+        "ragserve_engine_restarts_total",
+        "ragserve_gateway_prepare_seconds",
+    ):
         assert family in text, family
     # Prometheus refuses a whole scrape that declares a family twice.
     declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]

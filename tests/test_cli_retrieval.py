@@ -72,10 +72,23 @@ def test_eval_retrieval_scores_gold_paragraphs(tmp_path):
         ("The Tilburg warehouse ships Zorblax robots within three days.", "Where do Zorblax robots ship from?"),
         ("Lisbon lies on the estuary of the river Tagus in Portugal.", "Which river flows past Lisbon?"),
     ]
-    squad = {"data": [{"title": "t", "paragraphs": [
-        {"context": c, "qas": [{"id": str(i), "question": q, "is_impossible": False}, {"id": f"u{i}", "question": "Who won?", "is_impossible": True}]}
-        for i, (c, q) in enumerate(paragraphs)
-    ]}]}
+    squad = {
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": c,
+                        "qas": [
+                            {"id": str(i), "question": q, "is_impossible": False},
+                            {"id": f"u{i}", "question": "Who won?", "is_impossible": True},
+                        ],
+                    }
+                    for i, (c, q) in enumerate(paragraphs)
+                ],
+            }
+        ]
+    }
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(squad))
     scratch = tmp_path / "scratch"

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import log_lines
 
 from bentos.web.logs import READY_MESSAGE
+from conftest import log_lines
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -41,8 +41,12 @@ def test_the_readme_snippet_is_answered_as_soon_as_the_ready_line_appears(stack)
     client = stack.openai()
 
     def ask(i: int) -> str:
-        r = client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=8, stream=bool(i % 2),
-                                           messages=[{"role": "user", "content": "What is the capital of Portugal?"}])
+        r = client.chat.completions.create(
+            model="SmolLM2-135M-Instruct",
+            max_tokens=8,
+            stream=bool(i % 2),
+            messages=[{"role": "user", "content": "What is the capital of Portugal?"}],
+        )
         return "".join(c.choices[0].delta.content or "" for c in r if c.choices) if i % 2 else r.choices[0].message.content
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:

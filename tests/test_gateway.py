@@ -8,9 +8,9 @@ import time
 
 import httpx
 import pytest
-from conftest import CORPUS, build_index, log_lines
 
 from bentos.chat.prompting import NOT_FOUND
+from conftest import CORPUS, build_index, log_lines
 
 pytestmark = pytest.mark.stack
 
@@ -38,15 +38,25 @@ def test_answer_cites_the_right_source(stack):
     assert r.model_extra["citations"][0]["source"] == "faq/firmware"  # a JSONL record's own source
 
 
-CAPITAL = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 24}}, "required": ["capital"], "additionalProperties": False}
+CAPITAL = {
+    "type": "object",
+    "properties": {"capital": {"type": "string", "maxLength": 24}},
+    "required": ["capital"],
+    "additionalProperties": False,
+}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_a_json_schema_answer_stays_json_with_citations_beside_it(stack, stream):
     """The client fixed the format: the output rails must not append a source list to it."""
     fmt = {"type": "json_schema", "json_schema": {"name": "capital", "schema": CAPITAL, "strict": True}}
-    r = stack.openai().chat.completions.create(model="x", messages=[{"role": "user", "content": "What is the capital of France?"}],
-                                               max_tokens=60, response_format=fmt, stream=stream)
+    r = stack.openai().chat.completions.create(
+        model="x",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=60,
+        response_format=fmt,
+        stream=stream,
+    )
     if stream:
         chunks = list(r)
         content, cites = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[0].model_extra["citations"]
@@ -134,11 +144,14 @@ def test_new_publication_is_served_without_restart(stack, tmp_path):
 def test_structured_logs_carry_request_id_and_no_query_text(stack):
     rid = "test-" + str(time.time_ns())
     secret = "Zorblax refund window for customer 4711"
-    r = httpx.post(f"{stack.url}/v1/retrieve", json={"query": secret, "k": 2},
-                   headers={"Authorization": f"Bearer {stack.api_key}", "X-Request-ID": rid})
+    r = httpx.post(
+        f"{stack.url}/v1/retrieve",
+        json={"query": secret, "k": 2},
+        headers={"Authorization": f"Bearer {stack.api_key}", "X-Request-ID": rid},
+    )
     assert r.headers["x-request-id"] == rid
     assert len(httpx.get(f"{stack.url}/v1/models").headers["x-request-id"]) == 32  # one is made up if absent
     lines = log_lines(stack.log_path, rid)
-    access = [l for l in lines if l["msg"] == "request"]
+    access = [line for line in lines if line["msg"] == "request"]
     assert access and access[0]["status"] == 200 and access[0]["path"] == "/v1/retrieve" and access[0]["ms"] > 0
     assert secret not in stack.log_path.read_text()

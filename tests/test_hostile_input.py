@@ -14,15 +14,16 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from conftest import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from conftest import record
 
 pytestmark = pytest.mark.stack
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=40),
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
 )
@@ -62,7 +63,9 @@ def assert_answer_or_4xx(r: httpx.Response) -> None:
 
 
 def assert_still_serving(stack) -> None:
-    r = stack.openai().chat.completions.create(model="x", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=4)
+    r = stack.openai().chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=4
+    )
     assert r.choices[0].message.content
 
 
@@ -78,16 +81,19 @@ def test_fuzzed_retrieve_requests_get_an_answer_or_a_4xx(stack, body):
     assert_answer_or_4xx(post(stack, "/v1/retrieve", json.dumps(body).encode()))
 
 
-@pytest.mark.parametrize("body, status, needle", [
-    ("[" * 100_000 + "]" * 100_000, 400, "nested too deeply"),
-    ('{"messages": ' + "[" * 5000 + "]" * 5000 + "}", 400, "nested too deeply"),
-    (json.dumps({"messages": [{"role": "user", "content": "hi"}] * 5000, "max_tokens": 4}), 400, "messages"),
-    (b'{"messages": [{"role": "user", "content": "\xc3\x28 caf\xe9"}]}', 400, "not valid JSON"),
-    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**12}), 400, "max_tokens"),
-    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 10**9}), 400, "n:"),
-    (json.dumps({"messages": [{"role": "user", "content": "hi \ud800 there"}], "max_tokens": 2}), 400, "surrogate"),
-    (json.dumps({"messages": [{"role": "user", "content": "nul \u0000 byte"}], "max_tokens": 2}), None, None),
-])
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ("[" * 100_000 + "]" * 100_000, 400, "nested too deeply"),
+        ('{"messages": ' + "[" * 5000 + "]" * 5000 + "}", 400, "nested too deeply"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}] * 5000, "max_tokens": 4}), 400, "messages"),
+        (b'{"messages": [{"role": "user", "content": "\xc3\x28 caf\xe9"}]}', 400, "not valid JSON"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**12}), 400, "max_tokens"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 10**9}), 400, "n:"),
+        (json.dumps({"messages": [{"role": "user", "content": "hi \ud800 there"}], "max_tokens": 2}), 400, "surrogate"),
+        (json.dumps({"messages": [{"role": "user", "content": "nul \u0000 byte"}], "max_tokens": 2}), None, None),
+    ],
+)
 def test_extreme_bodies_are_refused_with_a_clear_4xx(stack, body, status, needle):
     r = post(stack, "/v1/chat/completions", body.encode() if isinstance(body, str) else body)
     assert_answer_or_4xx(r)
@@ -125,7 +131,12 @@ def test_client_disconnect_cancels_the_generation_in_the_engine(stack):
     """A client that goes away mid-stream: the gateway, the model service and vLLM drop it."""
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     # A question the index answers, so the model generates (an off-index one is answered locally).
-    body = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 1500, "stream": True, "ignore_eos": True}
+    body = {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "max_tokens": 1500,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with httpx.stream("POST", stack.url + "/v1/chat/completions", json=body, headers=headers, timeout=120) as r:
         chunks = r.iter_lines()
         for _ in range(6):
@@ -156,7 +167,10 @@ def test_a_burst_beyond_capacity_is_refused_fast_with_retry_after(stack):
     results = asyncio.run(burst())
     refused = [r for r in results if r[0] == 429]
     served = [r for r in results if r[0] == 200]
-    record(f"burst of 64 streams: {len(served)} served, {len(refused)} refused with 429, slowest refusal {max((r[1] for r in refused), default=0) * 1000:.0f} ms")
+    record(
+        f"burst of 64 streams: {len(served)} served, {len(refused)} refused with 429, "
+        f"slowest refusal {max((r[1] for r in refused), default=0) * 1000:.0f} ms"
+    )
     assert len(served) + len(refused) == 64 and len(served) >= 16 and len(refused) >= 16
     assert all(r[2] == "1" for r in refused) and max(r[1] for r in refused) < 2.0
     metrics = httpx.get(stack.url + "/metrics").text

@@ -80,6 +80,12 @@ def test_rules_catch_a_bad_deployment(rendered):
     del container["startupProbe"]
     container["volumeMounts"] = [m for m in container["volumeMounts"] if m["mountPath"] != "/dev/shm"]
     text = "\n".join(rule_errors(docs))
-    for expected in ("canaryTrafficPercent only works in Serverless", "minReplicas must be 0", "no nvidia.com/gpu",
-                     "startup probes must use /readyz", "startup budget", "/dev/shm"):
+    for expected in (
+        "canaryTrafficPercent only works in Serverless",
+        "minReplicas must be 0",
+        "no nvidia.com/gpu",
+        "startup probes must use /readyz",
+        "startup budget",
+        "/dev/shm",
+    ):
         assert expected in text, text

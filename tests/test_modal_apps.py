@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CORPUS
 from pydantic import ValidationError
+
+from conftest import CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +152,14 @@ def test_good_cron_expressions_pass(cron):
 
 def test_the_app_refuses_to_build_on_a_bad_setting():
     env = {**os.environ, "RAGSERVE_MODAL_GPU": "H1000"}
-    r = subprocess.run([sys.executable, "-c", "import modal_apps.serve, modal_apps.reindex"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", "import modal_apps.serve, modal_apps.reindex"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert "bad RAGSERVE_* setting for the Modal app" in r.stderr and "unknown Modal GPU 'H1000'" in r.stderr
     assert "Traceback" not in r.stderr
@@ -196,7 +204,9 @@ def test_serving_class_runs_the_stack_locally_with_fast_boot(unguarded_stack):
 
     assert "--enforce-eager" in unguarded_stack.log_path.read_text()
     client = openai.OpenAI(base_url=f"{unguarded_stack.url}/v1", api_key=unguarded_stack.api_key, max_retries=0, timeout=120)
-    r = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "How many days do I have to ask for a refund?"}], max_tokens=24)
+    r = client.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "How many days do I have to ask for a refund?"}], max_tokens=24
+    )
     assert r.choices[0].message.content
     assert r.model_extra["citations"], "the answer should come with the retrieved sources"
     assert httpx.get(f"{unguarded_stack.url}/readyz", timeout=10).status_code == 200

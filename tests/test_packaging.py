@@ -54,7 +54,9 @@ def test_the_offline_environment_is_the_same_everywhere():
 
 def test_bentoml_build(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
-    r = subprocess.run([str(BIN / "bentoml"), "build", ".", "--output", "tag"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(BIN / "bentoml"), "build", ".", "--output", "tag"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     tag = r.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     assert tag.startswith("ragserve:"), r.stdout
@@ -96,7 +98,11 @@ def test_serve_refuses_open_bind_without_key():
     for extra_args, extra_env in ((["--host", "0.0.0.0"], {}), ([], {"BENTOML_HOST": "0.0.0.0"}), ([], {"RAGSERVE_HOST": "0.0.0.0"})):
         r = subprocess.run(
             [str(BIN / "bentoml"), "serve", ".", "--port", "3999", *extra_args],
-            cwd=ROOT, env={**env, **extra_env}, capture_output=True, text=True, timeout=120,
+            cwd=ROOT,
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert r.returncode != 0, (extra_args, extra_env)
         assert "set RAGSERVE_API_KEY" in r.stdout + r.stderr

@@ -8,9 +8,11 @@ import pytest
 
 from bentos.guard.pii import StreamMasker, iban_ok, luhn_ok, mask
 
-TEXT = ("Mail john.doe@example.com or call +44 20 7946 0958 / (555) 123-4567. Card 4111 1111 1111 1111, "
-        "IBAN DE89 3704 0044 0532 0130 00, from 192.168.1.20 and 2001:db8::8a2e:370:7334. "
-        "Order 12345 shipped 2024-05-01 with firmware v1.2.3; 45 items cost 1,299.00 in 2019.")
+TEXT = (
+    "Mail john.doe@example.com or call +44 20 7946 0958 / (555) 123-4567. Card 4111 1111 1111 1111, "
+    "IBAN DE89 3704 0044 0532 0130 00, from 192.168.1.20 and 2001:db8::8a2e:370:7334. "
+    "Order 12345 shipped 2024-05-01 with firmware v1.2.3; 45 items cost 1,299.00 in 2019."
+)
 
 
 def test_each_kind_is_masked_and_numbers_that_are_not_personal_stay():
@@ -38,7 +40,7 @@ def test_streamed_masking_equals_masking_the_whole_text():
         s, out, i = StreamMasker(), "", 0
         while i < len(TEXT):
             n = rnd.randint(1, 8)
-            out += s.feed(TEXT[i:i + n])
+            out += s.feed(TEXT[i : i + n])
             i += n
         assert out + s.finish() == mask(TEXT)[0], seed
 

@@ -19,9 +19,6 @@ import httpx
 import openai
 import pytest
 from click.testing import CliRunner
-from conftest import record
-from bentos.tools.launch import answers, serving, wait_for
-from bentos.web.relay import body_of
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -29,6 +26,9 @@ from starlette.routing import Route
 
 from bentos.model.engine import free_port
 from bentos.tools.cli import main as ragserve
+from bentos.tools.launch import answers, serving, wait_for
+from bentos.web.relay import body_of
+from conftest import record
 from infra import gates
 from infra.router import UPSTREAM_HEADER
 
@@ -55,6 +55,8 @@ def eval_set(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("eval") / "promotion.jsonl"
     path.write_text("\n".join(cases) + "\n")
     return str(path)
+
+
 # Short steps for the test; the defaults (30 s, 10 requests) are for real traffic. The bounds
 # that compare the stacks are widened: here two engines, two routers, the load and pytest share
 # two cores, the guarded stack does more work per request than the rails-off one, and its engine
@@ -62,8 +64,20 @@ def eval_set(tmp_path_factory) -> str:
 # and a step's P99 of 4.9 s against 0.25 s once (a P99 over a handful of requests is their
 # maximum). The gates failing at their defaults: test_performance_gate_fails_a_slower_candidate
 # here, and test_histogram_quantile_and_step_verdict in test_router.py.
-FAST = ["--step-seconds", "4", "--min-step-requests", "2", "--ready-timeout-seconds", "60",
-        "--max-ttft-ratio", "3", "--min-tps-ratio", "0.33", "--max-latency-ratio", "50"]
+FAST = [
+    "--step-seconds",
+    "4",
+    "--min-step-requests",
+    "2",
+    "--ready-timeout-seconds",
+    "60",
+    "--max-ttft-ratio",
+    "3",
+    "--min-tps-ratio",
+    "0.33",
+    "--max-latency-ratio",
+    "50",
+]
 
 
 class SteadyLoad:
@@ -80,7 +94,8 @@ class SteadyLoad:
     def _one(self, i: int) -> None:
         question = QUESTIONS[i % len(QUESTIONS)]
         raw = self.client.chat.completions.with_raw_response.create(
-            model="x", messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0, stream=bool(i % 2))
+            model="x", messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0, stream=bool(i % 2)
+        )
         if i % 2:
             text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
         else:
@@ -103,7 +118,7 @@ class SteadyLoad:
                 self.sent += 1
             i += self.workers
 
-    def __enter__(self) -> "SteadyLoad":
+    def __enter__(self) -> SteadyLoad:
         self.threads = [threading.Thread(target=self._worker, args=(w,), daemon=True) for w in range(self.workers)]
         for t in self.threads:
             t.start()
@@ -121,8 +136,11 @@ def router(blue: str, tmp_path: Path):
     """`ragserve router` as its own process, all traffic on ``blue``."""
     port = free_port()
     log = open(tmp_path / "router.log", "w")
-    proc = subprocess.Popen([str(BIN / "ragserve"), "router", "--blue", blue, "--port", str(port), "--state", str(tmp_path / "traffic.json")],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(BIN / "ragserve"), "router", "--blue", blue, "--port", str(port), "--state", str(tmp_path / "traffic.json")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: answers(url + "/livez"), 30, "the router answering")
@@ -144,14 +162,20 @@ def gates_of(decisions: list[dict]) -> dict[str, dict]:
 
 def report(what: str, load: SteadyLoad, decisions: list[dict]) -> None:
     rolled = [d for d in decisions if d["event"] == "rolled_back"]
-    extra = f", failed gate {rolled[0]['failed_gate']} ({rolled[0]['reason']}) -> live at 100% in {rolled[0]['rollback_ms']} ms" if rolled else ""
+    extra = (
+        f", failed gate {rolled[0]['failed_gate']} ({rolled[0]['reason']}) -> live at 100% in {rolled[0]['rollback_ms']} ms"
+        if rolled
+        else ""
+    )
     record(f"{what}: {load.sent} requests sent, {load.failed} failed, served by {dict(load.served_by)}{extra}")
 
 
 def test_local_promotion_under_load_loses_no_request(stack, unguarded_stack, tmp_path, eval_set):
     """The guarded stack is promoted over the rails-off one in 10/50/100% steps."""
     with router(unguarded_stack.url, tmp_path) as url, SteadyLoad(url, stack.api_key) as load:
-        code, decisions, err = promote("local", "--router", url, "--candidate-url", stack.url, "--eval", eval_set, "--api-key", stack.api_key, *FAST)
+        code, decisions, err = promote(
+            "local", "--router", url, "--candidate-url", stack.url, "--eval", eval_set, "--api-key", stack.api_key, *FAST
+        )
         weights = httpx.get(url + "/-/traffic").json()["weights"]
     report("promotion", load, decisions)
     assert code == 0, err
@@ -166,7 +190,9 @@ def test_local_promotion_under_load_loses_no_request(stack, unguarded_stack, tmp
 def test_candidate_without_guardrails_is_rolled_back(stack, unguarded_stack, tmp_path, eval_set):
     """The rails-off stack as candidate fails the quality gate; the guarded live stack keeps 100%."""
     with router(stack.url, tmp_path) as url, SteadyLoad(url, stack.api_key) as load:
-        code, decisions, err = promote("local", "--router", url, "--candidate-url", unguarded_stack.url, "--eval", eval_set, "--api-key", stack.api_key, *FAST)
+        code, decisions, err = promote(
+            "local", "--router", url, "--candidate-url", unguarded_stack.url, "--eval", eval_set, "--api-key", stack.api_key, *FAST
+        )
         weights = httpx.get(url + "/-/traffic").json()["weights"]
     report("rollback on the quality gate", load, decisions)
     assert code == 1 and "rolled back: quality failed" in err
@@ -187,8 +213,12 @@ def proxy_with_fault(target: str, fault):
         if injected is not None:
             return injected
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        upstream = await client.send(client.build_request(request.method, request.url.path, headers=headers, content=await request.body()), stream=True)
-        return StreamingResponse(body_of(upstream), upstream.status_code, headers={"content-type": upstream.headers.get("content-type", "")})
+        upstream = await client.send(
+            client.build_request(request.method, request.url.path, headers=headers, content=await request.body()), stream=True
+        )
+        return StreamingResponse(
+            body_of(upstream), upstream.status_code, headers={"content-type": upstream.headers.get("content-type", "")}
+        )
 
     return Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST"])])
 
@@ -208,14 +238,22 @@ async def slow_chat(request: Request) -> None:
 def test_performance_gate_fails_a_slower_candidate(stack):
     """The same stack behind a proxy that adds 2 s before each chat: TTFT well over 1.5x live's."""
     with serving(proxy_with_fault(stack.url, slow_chat)) as slow:
-        verdict = gates.performance(stack.url, slow, stack.api_key, QUESTIONS, max_ttft_ratio=1.5, min_tps_ratio=0.67, requests=4, max_tokens=8)
+        verdict = gates.performance(
+            stack.url, slow, stack.api_key, QUESTIONS, max_ttft_ratio=1.5, min_tps_ratio=0.67, requests=4, max_tokens=8
+        )
     record(f"performance gate on a candidate slowed by 2 s: {verdict.figures}")
     assert not verdict.passed and "TTFT" in verdict.reason and verdict.figures["ttft_ratio"] > 1.5
 
 
 def test_candidate_failing_under_traffic_is_rolled_back_mid_step(stack, unguarded_stack, tmp_path, eval_set):
-    with serving(proxy_with_fault(stack.url, fails_routed_chat)) as faulty, router(unguarded_stack.url, tmp_path) as url, SteadyLoad(url, stack.api_key) as load:
-        code, decisions, err = promote("local", "--router", url, "--candidate-url", faulty, "--eval", eval_set, "--api-key", stack.api_key, *FAST)
+    with (
+        serving(proxy_with_fault(stack.url, fails_routed_chat)) as faulty,
+        router(unguarded_stack.url, tmp_path) as url,
+        SteadyLoad(url, stack.api_key) as load,
+    ):
+        code, decisions, err = promote(
+            "local", "--router", url, "--candidate-url", faulty, "--eval", eval_set, "--api-key", stack.api_key, *FAST
+        )
         weights = httpx.get(url + "/-/traffic").json()["weights"]
     report("rollback mid-step", load, decisions)
     assert code == 1, err
@@ -241,8 +279,21 @@ def test_modal_backend_moves_weights_in_the_dict(stack, unguarded_stack, monkeyp
         # First use: --live-url creates the routing table (and --rollback alone changes nothing more).
         first = CliRunner().invoke(ragserve, ["promote", "modal", "--router-url", url, "--live-url", unguarded_stack.url, "--rollback"])
         assert first.exit_code == 0 and json.loads(fake_dict["traffic"])["weights"] == {"blue": 100, "green": 0}, first.output
-        args = ["promote", "modal", "--router-url", url, "--candidate-url", stack.url,
-                "--eval", eval_set, "--api-key", stack.api_key, "--steps", "50,100", *FAST]
+        args = [
+            "promote",
+            "modal",
+            "--router-url",
+            url,
+            "--candidate-url",
+            stack.url,
+            "--eval",
+            eval_set,
+            "--api-key",
+            stack.api_key,
+            "--steps",
+            "50,100",
+            *FAST,
+        ]
         with SteadyLoad(url, stack.api_key, workers=2) as load:
             result = CliRunner().invoke(ragserve, args)
     decisions = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
@@ -300,8 +351,25 @@ def test_kserve_backend_patches_canary_traffic(stack, unguarded_stack, tmp_path,
     with serving(proxy_with_fault(stack.url, no_fault)) as same_release:
         latest = same_release if good else unguarded_stack.url
         exe, state, log = fake_kubectl(tmp_path, prev=stack.url, latest=latest)
-        result = CliRunner().invoke(ragserve, ["promote", "kserve", "-n", "llm", "--kubectl", str(exe), "--eval", eval_set, "--api-key", stack.api_key,
-                                               "--step-seconds", "1", "--min-step-requests", "0"])
+        result = CliRunner().invoke(
+            ragserve,
+            [
+                "promote",
+                "kserve",
+                "-n",
+                "llm",
+                "--kubectl",
+                str(exe),
+                "--eval",
+                eval_set,
+                "--api-key",
+                stack.api_key,
+                "--step-seconds",
+                "1",
+                "--min-step-requests",
+                "0",
+            ],
+        )
     if good:
         assert result.exit_code == 0, result.output
         assert patches(log) == [10, 50, 100] and json.loads(state.read_text())["percent"] == 100

@@ -12,9 +12,9 @@ import time
 import httpx
 import psutil
 import pytest
-from conftest import START_TIMEOUT_S, record
 
 from bentos.model.engine import group_members
+from conftest import START_TIMEOUT_S, record
 
 pytestmark = pytest.mark.stack
 
@@ -28,8 +28,12 @@ def engine_process(stack) -> psutil.Process:
 
 
 def chat(stack, timeout: float = 120) -> httpx.Response:
-    return httpx.post(stack.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=timeout,
-                      json={"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 4})
+    return httpx.post(
+        stack.url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+        timeout=timeout,
+        json={"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 4},
+    )
 
 
 def test_engine_death_fails_fast_with_503_and_the_engine_is_restarted(unguarded_stack):
@@ -60,9 +64,13 @@ def test_engine_death_fails_fast_with_503_and_the_engine_is_restarted(unguarded_
     _, alive = psutil.wait_procs(family, timeout=0)
     assert not alive and not group_members(victim.pid), f"the old engine lives on: {[p.pid for p in alive]}"
     assert httpx.get(s.url + "/readyz", timeout=10).status_code == 200
-    assert re.search(r"^ragserve_engine_restarts_total 1\.0$", httpx.get(s.url + "/metrics").text, re.M), "the restart is not counted on /metrics"
-    record(f"engine killed: requests failed fast with 503 in {failed_in * 1000:.0f} ms; old engine core and workers ended; "
-           f"answered again {back_s:.1f} s after the kill (a client retrying as Retry-After says)")
+    assert re.search(r"^ragserve_engine_restarts_total 1\.0$", httpx.get(s.url + "/metrics").text, re.M), (
+        "the restart is not counted on /metrics"
+    )
+    record(
+        f"engine killed: requests failed fast with 503 in {failed_in * 1000:.0f} ms; old engine core and workers ended; "
+        f"answered again {back_s:.1f} s after the kill (a client retrying as Retry-After says)"
+    )
 
 
 def test_sigterm_finishes_streams_in_flight_before_exiting(unguarded_stack):
@@ -73,10 +81,17 @@ def test_sigterm_finishes_streams_in_flight_before_exiting(unguarded_stack):
 
     def stream() -> None:
         # A question the index answers, so the model generates (an off-index one is answered locally).
-        body = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 120, "stream": True,
-                "ignore_eos": True, "stream_options": {"include_usage": True}}
+        body = {
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 120,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
         text, finish, usage = [], None, None
-        with httpx.stream("POST", s.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {s.api_key}"}, timeout=180) as r:
+        with httpx.stream(
+            "POST", s.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {s.api_key}"}, timeout=180
+        ) as r:
             got["status"] = r.status_code
             for line in r.iter_lines():
                 if not line.startswith("data: {"):

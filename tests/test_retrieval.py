@@ -252,8 +252,10 @@ def test_batched_vector_searches_equal_searching_one_by_one(tmp_path):
     from bentos.retrieval.search import _vector, vector_searches
     from bentos.settings import Settings
 
-    docs = [Document(f"d{i}", f"d{i}", f"Note {i}: the {w} shelf holds item number {i * 7}.", f"Note {i}")
-            for i, w in enumerate(["red", "blue", "green", "oak", "steel", "glass"] * 5)]
+    docs = [
+        Document(f"d{i}", f"d{i}", f"Note {i}: the {w} shelf holds item number {i * 7}.", f"Note {i}")
+        for i, w in enumerate(["red", "blue", "green", "oak", "steel", "glass"] * 5)
+    ]
     IndexStore(tmp_path / "db").reindex(docs, get_embedder())
     table = IndexReader(tmp_path / "db", refresh_s=0).current()
     queries = ["red shelf", "item number 35", "glass", "oak shelf holds", "steel note"]

@@ -8,12 +8,12 @@ import json
 
 import httpx
 import pytest
-from bentos.tools.launch import serving
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
+from bentos.tools.launch import serving
 from infra.gates import (
     EvalCase,
     GateError,
@@ -39,10 +39,16 @@ def upstream(name: str, status: int = 200):
             for i in range(3):
                 yield f"data: {name}-{i}\n\n".encode()
                 await asyncio.sleep(0.05)
+
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
-    return Starlette(routes=[Route("/v1/chat", chat, methods=["POST"]), Route("/stream", stream),
-                             Route("/readyz", lambda r: PlainTextResponse("ok", status))])
+    return Starlette(
+        routes=[
+            Route("/v1/chat", chat, methods=["POST"]),
+            Route("/stream", stream),
+            Route("/readyz", lambda r: PlainTextResponse("ok", status)),
+        ]
+    )
 
 
 @pytest.fixture
@@ -176,12 +182,14 @@ def test_kserve_dry_run_prints_the_commands_and_runs_none(tmp_path):
 
     from bentos.tools.cli import main
 
-    result = CliRunner().invoke(main, ["promote", "kserve", "--name", "chat", "-n", "llm", "--kubectl", str(tmp_path / "absent"), "--dry-run", "--steps", "25,100"])
+    result = CliRunner().invoke(
+        main, ["promote", "kserve", "--name", "chat", "-n", "llm", "--kubectl", str(tmp_path / "absent"), "--dry-run", "--steps", "25,100"]
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith(f"{tmp_path / 'absent'} get inferenceservice chat -o json -n llm")
     assert """patch inferenceservice chat --type merge -p '{"spec":{"predictor":{"canaryTrafficPercent":25}}}' -n llm""" in lines[1]
-    assert "canaryTrafficPercent\":100" in lines[2] and "canaryTrafficPercent\":0" in lines[3] and "back to the previous revision" in lines[3]
+    assert 'canaryTrafficPercent":100' in lines[2] and 'canaryTrafficPercent":0' in lines[3] and "back to the previous revision" in lines[3]
 
 
 def test_promote_cli_refuses_bad_policy_with_a_usage_error():

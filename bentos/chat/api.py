@@ -50,8 +50,19 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         retriever: Retriever = app_state(request, "retriever")
         r = await retriever.search(req.query, req.k, *await retriever.embed_query(req.query))
         log_retrieval(request_id(request), r)
-        chunks = [RetrievedChunk(source=h.source, chunk_id=h.chunk_id, score=h.score, doc_id=h.doc_id, title=h.title, text=h.text, similarity=h.similarity) for h in r.hits]
-        return RetrieveResponse(query=req.query, k=req.k, index_version=r.version, chunks=chunks, timing_ms={"embed": round(r.embed_ms, 2), "search": round(r.search_ms, 2)})
+        chunks = [
+            RetrievedChunk(
+                source=h.source, chunk_id=h.chunk_id, score=h.score, doc_id=h.doc_id, title=h.title, text=h.text, similarity=h.similarity
+            )
+            for h in r.hits
+        ]
+        return RetrieveResponse(
+            query=req.query,
+            k=req.k,
+            index_version=r.version,
+            chunks=chunks,
+            timing_ms={"embed": round(r.embed_ms, 2), "search": round(r.search_ms, 2)},
+        )
 
     @app.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -60,7 +71,9 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         payload = engine_payload(req, settings.model_name, settings.max_model_len)
         query = last_user_text(req.messages)
         if not query.strip():
-            raise APIError(400, "the conversation has no user message with text; the last user message is what is searched", "no_user_message")
+            raise APIError(
+                400, "the conversation has no user message with text; the last user message is what is searched", "no_user_message"
+            )
         chat: ChatPath = app_state(request, "chat")
         return await chat(Turn(req, payload, query, settings.model_name, request_id(request), arrived))
 

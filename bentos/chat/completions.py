@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -36,5 +37,7 @@ def completion_chunks(model: str, content: str, finish_reason: str = "stop", **e
 def answer(model: str, stream: bool, content: str, finish_reason: str = "stop", **extra: Any) -> Response:
     """One of the above as the response to a request, streamed when it asked for a stream."""
     if stream:
-        return StreamingResponse(completion_chunks(model, content, finish_reason, **extra), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(
+            completion_chunks(model, content, finish_reason, **extra), media_type="text/event-stream", headers=SSE_HEADERS
+        )
     return JSONResponse(completion(model, content, finish_reason, **extra))

@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -35,8 +36,12 @@ from bentos.web.schemas import ChatCompletionRequest, Citation
 
 log = logging.getLogger("bentos.gateway")
 # What the gateway adds before the model sees a request; `ragserve bench serve` reports it too.
-PREPARE = Histogram("ragserve_gateway_prepare_seconds", "Chat requests relayed to the model: time from arrival to relay (guardrails, embedding, search).",
-                    registry=SERVICE_METRICS, buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5))
+PREPARE = Histogram(
+    "ragserve_gateway_prepare_seconds",
+    "Chat requests relayed to the model: time from arrival to relay (guardrails, embedding, search).",
+    registry=SERVICE_METRICS,
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5),
+)
 
 
 @dataclass
@@ -80,10 +85,19 @@ class AnswerStep(Protocol):
 
 
 def log_retrieval(request_id: str | None, found: Retrieval) -> None:
-    log.info("retrieved", extra={"fields": {  # no query text: it may hold personal data
-        "request_id": request_id, "index_version": found.version, "candidates": len(found.hits),
-        "relevant": len(found.relevant), "embed_ms": round(found.embed_ms, 1), "search_ms": round(found.search_ms, 1),
-    }})
+    log.info(
+        "retrieved",
+        extra={
+            "fields": {  # no query text: it may hold personal data
+                "request_id": request_id,
+                "index_version": found.version,
+                "candidates": len(found.hits),
+                "relevant": len(found.relevant),
+                "embed_ms": round(found.embed_ms, 1),
+                "search_ms": round(found.search_ms, 1),
+            }
+        },
+    )
 
 
 def refusal(guard: Guard, turn: Turn, rail: str) -> Response:
@@ -233,7 +247,7 @@ class ChatPath:
         self.steps, self.model_call = steps, model_call
 
     @classmethod
-    def build(cls, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None) -> "ChatPath":
+    def build(cls, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None) -> ChatPath:
         rails = guard is not None
         steps: list[Step] = [
             EmbedQuery(retriever, settings.retrieve_k),

@@ -40,17 +40,24 @@ class PromptClassifier:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, coef=self.coef, intercept=self.intercept, meta=json.dumps({"format": FORMAT, "thresholds": self.thresholds, **self.meta}))
+        np.savez(
+            tmp, coef=self.coef, intercept=self.intercept, meta=json.dumps({"format": FORMAT, "thresholds": self.thresholds, **self.meta})
+        )
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "PromptClassifier":
+    def load(cls, path: Path) -> PromptClassifier:
         if not path.exists():
-            raise FileNotFoundError(f"no prompt classifier at {path}: run `ragserve guardrails train` (make setup does), or point RAGSERVE_GUARD_CLASSIFIER at one")
+            raise FileNotFoundError(
+                f"no prompt classifier at {path}: run `ragserve guardrails train` (make setup does), "
+                "or point RAGSERVE_GUARD_CLASSIFIER at one"
+            )
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != FORMAT:
-                raise ValueError(f"{path} has format {meta.get('format')}, this version reads {FORMAT}: run `ragserve guardrails train` again")
+                raise ValueError(
+                    f"{path} has format {meta.get('format')}, this version reads {FORMAT}: run `ragserve guardrails train` again"
+                )
             return cls(z["coef"], z["intercept"], meta.pop("thresholds"), meta)
 
 

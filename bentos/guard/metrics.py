@@ -11,12 +11,21 @@ class GuardMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.blocked = Counter("ragserve_guardrail_blocked", "Requests refused, by the rail that refused them.", ["rail"], registry=r)
-        self.masked = Counter("ragserve_guardrail_pii_masked", "Personal data items masked, by stage and kind.", ["stage", "kind"], registry=r)
+        self.masked = Counter(
+            "ragserve_guardrail_pii_masked", "Personal data items masked, by stage and kind.", ["stage", "kind"], registry=r
+        )
         self.chunks_dropped = Counter("ragserve_guardrail_chunks_dropped", "Retrieved chunks dropped as injected instructions.", registry=r)
-        self.citations_added = Counter("ragserve_guardrail_citations_added", "Answers from sources that cited none, given a source list.", registry=r)
+        self.citations_added = Counter(
+            "ragserve_guardrail_citations_added", "Answers from sources that cited none, given a source list.", registry=r
+        )
         self.errors = Counter("ragserve_guardrail_errors", "Rail failures (failed closed), by stage.", ["stage"], registry=r)
-        self.seconds = Histogram("ragserve_guardrail_seconds", "Time in the rails, by stage.", ["stage"], registry=r,
-                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5))
+        self.seconds = Histogram(
+            "ragserve_guardrail_seconds",
+            "Time in the rails, by stage.",
+            ["stage"],
+            registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
+        )
 
 
 GUARD_METRICS = GuardMetrics()

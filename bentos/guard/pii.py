@@ -93,7 +93,7 @@ def mask(text: str) -> tuple[str, Counter]:
         return text, Counter()
     out, pos = [], 0
     for f in findings:
-        out += [text[pos:f.start], PLACEHOLDERS[f.kind]]
+        out += [text[pos : f.start], PLACEHOLDERS[f.kind]]
         pos = f.end
     out.append(text[pos:])
     return "".join(out), Counter(f.kind for f in findings)

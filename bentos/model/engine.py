@@ -99,18 +99,27 @@ def engine_command(settings: Settings, model: str, port: int) -> list[str]:
     """The `vllm serve` invocation for these settings."""
     cmd = [
         *vllm_launcher(),
-        "--model", model,
-        "--served-model-name", settings.model_name,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--dtype", settings.resolved_dtype,
-        "--max-model-len", str(settings.max_model_len),
-        "--max-num-seqs", str(settings.max_num_seqs),
-        "--tensor-parallel-size", str(settings.tensor_parallel_size),
+        "--model",
+        model,
+        "--served-model-name",
+        settings.model_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        settings.resolved_dtype,
+        "--max-model-len",
+        str(settings.max_model_len),
+        "--max-num-seqs",
+        str(settings.max_num_seqs),
+        "--tensor-parallel-size",
+        str(settings.tensor_parallel_size),
         "--enable-prefix-caching" if settings.enable_prefix_caching else "--no-enable-prefix-caching",
         "--disable-uvicorn-access-log",
         # `bentoml serve` passes SIGTERM to the engine too: drain, so streams in flight end whole.
-        "--shutdown-timeout", str(settings.drain_timeout_s),
+        "--shutdown-timeout",
+        str(settings.drain_timeout_s),
     ]
     if settings.resolved_device == "cuda":
         cmd += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
@@ -234,7 +243,7 @@ class Supervisor:
         self.engine, self.poll_s = engine, poll_s
         self._thread = threading.Thread(target=self._run, name="engine-supervisor", daemon=True)
 
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         self._thread.start()
         return self
 
@@ -254,7 +263,9 @@ class Supervisor:
                 log.info("vLLM stopped; not restarting it")
                 return
             pause = self.BACKOFF_S[min(failures, len(self.BACKOFF_S) - 1)]
-            log.error("vLLM exited with %s; restarting in %d s", code, pause, extra={"fields": {"exit_code": code, "attempt": failures + 1}})
+            log.error(
+                "vLLM exited with %s; restarting in %d s", code, pause, extra={"fields": {"exit_code": code, "attempt": failures + 1}}
+            )
             end_group(self.engine.proc.pid)  # free its memory now, not after the pause
             time.sleep(pause)
             if self.engine.stopping:

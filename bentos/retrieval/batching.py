@@ -4,7 +4,8 @@ call for one: query embeddings (one forward pass) and vector searches (one Lance
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Generic, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 import anyio
 

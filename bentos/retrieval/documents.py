@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterator
 
 TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".html": "html", ".htm": "html", ".pdf": "pdf"}
 RECORD_SUFFIXES = {".jsonl"}
@@ -135,7 +135,9 @@ def read_jsonl(path: Path, rel: str) -> Iterator[Document]:
             if not isinstance(meta, dict):
                 raise SourceError(f'{path}:{n}: "metadata" must be an object')
             doc_id = str(rec.get("id") or f"{rel}:{n}")
-            yield Document(doc_id=doc_id, source=str(rec.get("source") or rel), text=rec["text"], title=str(meta.get("title", "")), metadata=meta)
+            yield Document(
+                doc_id=doc_id, source=str(rec.get("source") or rel), text=rec["text"], title=str(meta.get("title", "")), metadata=meta
+            )
 
 
 def iter_source_files(root: Path) -> Iterator[Path]:

@@ -34,7 +34,9 @@ class Embedder:
 
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         with self._lock:
-            vectors = self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            vectors = self.model.encode(
+                texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
         return vectors.astype(np.float32, copy=False)
 
 

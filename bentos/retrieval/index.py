@@ -14,10 +14,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import lancedb
 import numpy as np
@@ -40,13 +40,13 @@ class IndexStoreError(RuntimeError):
     """The index cannot do what was asked; the message says what to do instead."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ChunkingConfig:
     max_words: int = 200
     overlap_words: int = 30
 
     @classmethod
-    def from_settings(cls, settings) -> "ChunkingConfig":
+    def from_settings(cls, settings) -> ChunkingConfig:
         return cls(settings.chunk_max_words, settings.chunk_overlap_words)
 
     def salt(self, embedder_name: str) -> str:
@@ -72,17 +72,19 @@ class ReindexSummary:
 
 
 def schema(dim: int) -> pa.Schema:
-    return pa.schema([
-        pa.field("chunk_id", pa.string()),
-        pa.field("doc_id", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("title", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("search_text", pa.string()),  # title + text: what full-text search matches
-        pa.field("doc_hash", pa.string()),
-        pa.field("metadata", pa.string()),
-        pa.field("vector", pa.list_(pa.float32(), dim)),
-    ])
+    return pa.schema(
+        [
+            pa.field("chunk_id", pa.string()),
+            pa.field("doc_id", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("text", pa.string()),
+            pa.field("search_text", pa.string()),  # title + text: what full-text search matches
+            pa.field("doc_hash", pa.string()),
+            pa.field("metadata", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
 
 
 def search_text(chunk: Chunk) -> str:
@@ -99,7 +101,7 @@ def tag_version(table, tag: str) -> int | None:
 def publications_of(table) -> list[tuple[int, int]]:
     """(sequence number, table version) of every publication still on record, oldest first."""
     tags = table.tags.list().items()
-    return sorted((int(name[len(PUBLICATION_PREFIX):]), tag["version"]) for name, tag in tags if name.startswith(PUBLICATION_PREFIX))
+    return sorted((int(name[len(PUBLICATION_PREFIX) :]), tag["version"]) for name, tag in tags if name.startswith(PUBLICATION_PREFIX))
 
 
 def sql_in(column: str, values: list[str]) -> str:
@@ -137,7 +139,9 @@ class IndexStore:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
-                raise IndexStoreError(f"another re-index holds {self.path} (pid {f.read().strip() or '?'}); wait for it to finish") from None
+                raise IndexStoreError(
+                    f"another re-index holds {self.path} (pid {f.read().strip() or '?'}); wait for it to finish"
+                ) from None
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))
@@ -231,9 +235,13 @@ class IndexStore:
     @staticmethod
     def _rows(chunks: list[Chunk], vectors: np.ndarray, hashes: dict[str, str], dim: int) -> pa.Table:
         columns = {
-            "chunk_id": [c.chunk_id for c in chunks], "doc_id": [c.doc_id for c in chunks],
-            "source": [c.source for c in chunks], "title": [c.title for c in chunks], "text": [c.text for c in chunks],
-            "search_text": [search_text(c) for c in chunks], "doc_hash": [hashes[c.doc_id] for c in chunks],
+            "chunk_id": [c.chunk_id for c in chunks],
+            "doc_id": [c.doc_id for c in chunks],
+            "source": [c.source for c in chunks],
+            "title": [c.title for c in chunks],
+            "text": [c.text for c in chunks],
+            "search_text": [search_text(c) for c in chunks],
+            "doc_hash": [hashes[c.doc_id] for c in chunks],
             "metadata": [json.dumps(c.metadata, sort_keys=True) for c in chunks],
         }
         arrays = [pa.array(v, pa.string()) for v in columns.values()]
@@ -281,7 +289,7 @@ class IndexStore:
                 raise IndexStoreError("nothing to roll back to: there is no earlier published version")
             seq, version = earlier[-1]
             table.tags.update(PUBLISHED, version)
-            for s, v in pubs:
+            for s, _ in pubs:
                 if s > seq:
                     table.tags.delete(f"{PUBLICATION_PREFIX}{s:06d}")
             return version

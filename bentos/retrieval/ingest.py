@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from bentos.retrieval.documents import read_documents
 from bentos.retrieval.embedder import embedder_for
@@ -22,7 +22,9 @@ def progress_bars() -> Iterator[Step]:
     bars: dict[str, tqdm] = {}
 
     def on_step(step: str, done: int, total: int) -> None:
-        bar = bars.get(step) or bars.setdefault(step, tqdm(total=total, desc=step, unit="chunk" if step in ("embed", "write") else "step", leave=False))
+        bar = bars.get(step) or bars.setdefault(
+            step, tqdm(total=total, desc=step, unit="chunk" if step in ("embed", "write") else "step", leave=False)
+        )
         bar.n = done
         bar.refresh()
 
@@ -33,7 +35,9 @@ def progress_bars() -> Iterator[Step]:
             bar.close()
 
 
-def reindex_source(settings: Settings, source: Path, skip_unreadable: bool = False, on_step: Step | None = None) -> tuple[ReindexSummary, list[str]]:
+def reindex_source(
+    settings: Settings, source: Path, skip_unreadable: bool = False, on_step: Step | None = None
+) -> tuple[ReindexSummary, list[str]]:
     """Bring the index in ``settings.db`` to exactly the documents under ``source`` and publish it.
     Raises SourceError or IndexStoreError with a message naming the fix; the published version
     keeps serving whenever this raises."""

@@ -34,7 +34,7 @@ class Hit:
     vector: np.ndarray | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchConfig:
     candidates: int = 50  # taken from each side before fusing
     fts_weight: float = 1.0
@@ -121,10 +121,18 @@ def fuse(vec: pa.Table, fts: pa.Table | None, k: int, cfg: SearchConfig) -> list
     for cid in sorted(fused, key=fused.__getitem__, reverse=True)[:k]:
         source, row = where[cid]
         r = {c: source.column(c)[row].as_py() for c in COLUMNS if c != "vector"}
-        hits.append(Hit(
-            chunk_id=cid, doc_id=r["doc_id"], source=r["source"], title=r["title"], text=r["text"],
-            score=round(fused[cid], 4), metadata=json.loads(r["metadata"] or "{}"),
-            similarity=round(similarity.get(cid, 0.0), 4), keyword_match=cid in keyword,
-            vector=source.column("vector")[row].values.to_numpy(zero_copy_only=False),
-        ))
+        hits.append(
+            Hit(
+                chunk_id=cid,
+                doc_id=r["doc_id"],
+                source=r["source"],
+                title=r["title"],
+                text=r["text"],
+                score=round(fused[cid], 4),
+                metadata=json.loads(r["metadata"] or "{}"),
+                similarity=round(similarity.get(cid, 0.0), 4),
+                keyword_match=cid in keyword,
+                vector=source.column("vector")[row].values.to_numpy(zero_copy_only=False),
+            )
+        )
     return hits

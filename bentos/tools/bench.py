@@ -14,9 +14,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 from tqdm import tqdm
@@ -85,8 +85,16 @@ def index_corpus(settings: Settings, corpus: Path, db: Path) -> None:
     reindex_source(settings.model_copy(update={"db": str(db)}), corpus, False, None)
 
 
-def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_tokens: int, json_out: str | None,
-                    cold: bool = False, png_out: str | None = None, corpus: Path = PROJECT_DIR / "docs") -> dict:
+def run_serve_bench(
+    settings: Settings,
+    n_requests: int,
+    levels: list[int],
+    max_tokens: int,
+    json_out: str | None,
+    cold: bool = False,
+    png_out: str | None = None,
+    corpus: Path = PROJECT_DIR / "docs",
+) -> dict:
     model = resolve_model(settings)
     key = settings.api_key_value or ""
     log_dir = Path(tempfile.mkdtemp(prefix="ragserve-bench-"))
@@ -111,7 +119,9 @@ def run_serve_bench(settings: Settings, n_requests: int, levels: list[int], max_
             asyncio.run(run_load(url + "/v1", key, settings.model_name, 1, 2, 8, prompts, timeout_s=120))  # warm-up
             for c in tqdm(levels, desc=name, unit="level"):
                 before = prepare_totals(url, key) if name == "gateway" else None
-                report: Report = asyncio.run(run_load(url + "/v1", key, settings.model_name, c, max(n_requests, 2 * c), max_tokens, prompts))
+                report: Report = asyncio.run(
+                    run_load(url + "/v1", key, settings.model_name, c, max(n_requests, 2 * c), max_tokens, prompts)
+                )
                 entry["levels"][str(c)] = report.as_dict()
                 if before is not None:
                     (s0, n0), (s1, n1) = before, prepare_totals(url, key)
@@ -153,11 +163,16 @@ def print_table(results: dict, levels: list[int]) -> None:
     for c in map(str, levels):
         for name, t in (("vllm", raw), ("gateway", ours)):
             r = t["levels"][c]
-            print(f"{c:>4} {name:>8} {r['tokens_per_s']:>8.1f} {r['ttft_p50_ms']:>7.0f}ms {r['ttft_p95_ms']:>7.0f}ms {r['itl_p50_ms']:>6.1f}ms {r['itl_p95_ms']:>6.1f}ms {r['failed']:>7}")
+            print(
+                f"{c:>4} {name:>8} {r['tokens_per_s']:>8.1f} {r['ttft_p50_ms']:>7.0f}ms {r['ttft_p95_ms']:>7.0f}ms "
+                f"{r['itl_p50_ms']:>6.1f}ms {r['itl_p95_ms']:>6.1f}ms {r['failed']:>7}"
+            )
         q = results["ratios"][c]
         prepare = ours["levels"][c].get("prepare_ms_mean")
-        print(f"{c:>4} {'ratio':>8} {q['throughput_ratio']}x throughput, TTFT p50 {q['added_ttft_p50_ms']:+.1f} ms"
-              f" (gateway before the model: {prepare} ms mean)")
+        print(
+            f"{c:>4} {'ratio':>8} {q['throughput_ratio']}x throughput, TTFT p50 {q['added_ttft_p50_ms']:+.1f} ms"
+            f" (gateway before the model: {prepare} ms mean)"
+        )
 
 
 def chart(results: dict, levels: list[int], path: Path) -> None:

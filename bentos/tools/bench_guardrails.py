@@ -97,9 +97,12 @@ def bench_guardrails(settings: Settings, squad: Path, n: int) -> dict:
     off, on = times["rails off"], times["rails on"]
     return {
         "requests_each": len(on),
-        "total_off_p50_ms": round(statistics.median(totals["rails off"]), 1), "total_on_p50_ms": round(statistics.median(totals["rails on"]), 1),
-        "outside_model_off_p50_ms": round(statistics.median(off), 2), "outside_model_off_p95_ms": round(percentile(off, 95), 2),
-        "outside_model_on_p50_ms": round(statistics.median(on), 2), "outside_model_on_p95_ms": round(percentile(on, 95), 2),
+        "total_off_p50_ms": round(statistics.median(totals["rails off"]), 1),
+        "total_on_p50_ms": round(statistics.median(totals["rails on"]), 1),
+        "outside_model_off_p50_ms": round(statistics.median(off), 2),
+        "outside_model_off_p95_ms": round(percentile(off, 95), 2),
+        "outside_model_on_p50_ms": round(statistics.median(on), 2),
+        "outside_model_on_p95_ms": round(percentile(on, 95), 2),
         "added_p50_ms": round(statistics.median(on) - statistics.median(off), 2),
         "added_p95_ms": round(percentile(on, 95) - percentile(off, 95), 2),
         "rail_stage_mean_ms": stage_means_ms(),

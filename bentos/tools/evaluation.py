@@ -64,8 +64,13 @@ def eval_retrieval(settings: Settings, squad: Path, db: str | None = None) -> di
         rr.append(1 / (ranked.index(gold) + 1) if gold in ranked else 0.0)
     n = len(answerable)
     return {
-        "file": str(squad), "paragraphs": len(docs), "answerable_questions": n, "unanswerable_questions": len(unanswerable),
-        "recall@1": round(hits1 / n, 4), "recall@5": round(hits5 / n, 4), "mrr@10": round(sum(rr) / n, 4),
+        "file": str(squad),
+        "paragraphs": len(docs),
+        "answerable_questions": n,
+        "unanswerable_questions": len(unanswerable),
+        "recall@1": round(hits1 / n, 4),
+        "recall@5": round(hits5 / n, 4),
+        "mrr@10": round(sum(rr) / n, 4),
         "answerable_judged_not_found": round(gated / n, 4),  # the relevance gate's misses
         "search_ms_p50": round(statistics.median(latencies), 2),
         "fusion": f"cosine + {settings.fts_weight} x BM25/max(BM25), {settings.search_candidates} candidates each",

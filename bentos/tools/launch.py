@@ -9,10 +9,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 import psutil
@@ -20,7 +20,6 @@ import psutil
 from bentos.model.engine import free_port
 from bentos.settings import PROJECT_DIR
 from bentos.web.logs import READY_MESSAGE
-
 
 BIN = Path(sys.executable).parent
 
@@ -100,7 +99,9 @@ def wait_ready(launched: Launched, timeout_s: float, probe: str | None = None) -
     return launched
 
 
-def start_bento(port: int, env: dict[str, str], log_path: Path, timeout_s: float = 900, host: str | None = None, echo: bool = False) -> Launched:
+def start_bento(
+    port: int, env: dict[str, str], log_path: Path, timeout_s: float = 900, host: str | None = None, echo: bool = False
+) -> Launched:
     """`bentoml serve .` from the repository root; returns once the stack logs that it is
     ready. With ``echo`` the server's output also goes to our stdout (where Modal collects
     container logs)."""
@@ -108,7 +109,12 @@ def start_bento(port: int, env: dict[str, str], log_path: Path, timeout_s: float
     log = open(log_path, "ab")
     offset = log.tell()
     proc = subprocess.Popen(
-        cmd, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT, start_new_session=True,
+        cmd,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE if echo else log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     if echo:
         threading.Thread(target=_tee, args=(proc.stdout, log), daemon=True).start()

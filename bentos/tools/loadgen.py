@@ -88,8 +88,14 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str | list
 
 
 async def run_load(
-    base_url: str, api_key: str, model: str, concurrency: int, n_requests: int, max_tokens: int,
-    prompts: list | None = None, timeout_s: float = 300,
+    base_url: str,
+    api_key: str,
+    model: str,
+    concurrency: int,
+    n_requests: int,
+    max_tokens: int,
+    prompts: list | None = None,
+    timeout_s: float = 300,
 ) -> Report:
     prompts = prompts or DEFAULT_PROMPTS
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout_s)
@@ -110,9 +116,15 @@ async def run_load(
     gaps = [g for r in good for g in r.gaps_s]
     ttfts = [r.ttft_s for r in good]
     return Report(
-        concurrency=concurrency, requests=n_requests, failed=len(results) - len(good), wall_s=round(wall, 3),
-        tokens=tokens, tokens_per_s=round(tokens / wall, 2) if wall else 0.0,
-        ttft_p50_ms=round(percentile(ttfts, 50) * 1000, 1), ttft_p95_ms=round(percentile(ttfts, 95) * 1000, 1),
-        itl_p50_ms=round(percentile(gaps, 50) * 1000, 1), itl_p95_ms=round(percentile(gaps, 95) * 1000, 1),
+        concurrency=concurrency,
+        requests=n_requests,
+        failed=len(results) - len(good),
+        wall_s=round(wall, 3),
+        tokens=tokens,
+        tokens_per_s=round(tokens / wall, 2) if wall else 0.0,
+        ttft_p50_ms=round(percentile(ttfts, 50) * 1000, 1),
+        ttft_p95_ms=round(percentile(ttfts, 95) * 1000, 1),
+        itl_p50_ms=round(percentile(gaps, 50) * 1000, 1),
+        itl_p95_ms=round(percentile(gaps, 95) * 1000, 1),
         errors=sorted({r.error for r in results if not r.ok})[:5],
     )

@@ -25,7 +25,11 @@ def openai_app(settings, title: str, description: str, access_logger: str) -> Fa
 def add_not_found_route(app: FastAPI) -> None:
     """Register last. BentoML's outer router answers unknown paths under the mount with plain
     text; this keeps them in OpenAI's shape and lists what the app does answer."""
-    answers = ", ".join(f"{'/'.join(sorted(r.methods))} /v1{r.path}" for r in app.routes if getattr(r, "include_in_schema", False) and getattr(r, "methods", None))
+    answers = ", ".join(
+        f"{'/'.join(sorted(r.methods))} /v1{r.path}"
+        for r in app.routes
+        if getattr(r, "include_in_schema", False) and getattr(r, "methods", None)
+    )
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def unknown(request: Request, path: str) -> None:

@@ -31,7 +31,9 @@ async def read_json(request: Request, limit: int) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON ({e}); send a JSON object", "invalid_json") from None
     except UnicodeEncodeError:
-        raise APIError(400, "request body holds a lone UTF-16 surrogate escape (such as \\ud800); send valid Unicode text", "invalid_unicode") from None
+        raise APIError(
+            400, "request body holds a lone UTF-16 surrogate escape (such as \\ud800); send valid Unicode text", "invalid_unicode"
+        ) from None
     except RecursionError:
         raise APIError(400, "request body JSON is nested too deeply", "invalid_json") from None
 

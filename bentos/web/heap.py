@@ -60,7 +60,10 @@ def keep_rss_level(interval_s: float) -> threading.Thread | None:
             time.sleep(interval_s)
             before, t0 = rss_mb(), time.perf_counter()
             trim(0)
-            log.debug("heap trimmed", extra={"fields": {"released_mb": round(before - rss_mb(), 1), "ms": round((time.perf_counter() - t0) * 1000, 1)}})
+            log.debug(
+                "heap trimmed",
+                extra={"fields": {"released_mb": round(before - rss_mb(), 1), "ms": round((time.perf_counter() - t0) * 1000, 1)}},
+            )
 
     thread = threading.Thread(target=loop, name="heap-trim", daemon=True)
     thread.start()

@@ -68,7 +68,15 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_logged)
         finally:
-            self.log.info("request", extra={"fields": {
-                "request_id": request_id, "method": scope["method"], "path": scope["path"],
-                "status": status, "ms": round((time.perf_counter() - started) * 1000, 1),
-            }})
+            self.log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1000, 1),
+                    }
+                },
+            )

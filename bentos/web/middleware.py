@@ -100,7 +100,7 @@ class Backpressure:
         try:
             await asyncio.wait_for(asyncio.shield(waiter), self.wait_s)
             return None
-        except (asyncio.TimeoutError, asyncio.CancelledError) as e:
+        except (TimeoutError, asyncio.CancelledError) as e:
             # Timed out, or the client went away: never keep a slot that was granted meanwhile.
             waiter.cancel()
             try:

@@ -4,7 +4,8 @@ the gateway), turning its absence into a clear 503 and passing streams through a
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 from fastapi.responses import Response, StreamingResponse
@@ -22,7 +23,9 @@ def http_client(base_url: str, timeout_s: float, transport: httpx.AsyncBaseTrans
     """A pooled client to the next hop (``base_url`` "" for absolute URLs): no cap on connections,
     the hop applies its own limits."""
     return httpx.AsyncClient(
-        base_url=base_url, transport=transport, timeout=httpx.Timeout(timeout_s, connect=5),
+        base_url=base_url,
+        transport=transport,
+        timeout=httpx.Timeout(timeout_s, connect=5),
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
     )
 
@@ -34,7 +37,9 @@ def unreachable(e: Exception, what: str) -> APIError:
 
 
 class Relay:
-    def __init__(self, http: httpx.AsyncClient, what: str, ready_check: Callable[[], None] | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self, http: httpx.AsyncClient, what: str, ready_check: Callable[[], None] | None = None, headers: dict[str, str] | None = None
+    ):
         self.http, self.what = http, what
         self.ready_check = ready_check or (lambda: None)
         self.headers = headers or {}
@@ -83,7 +88,7 @@ class UpstreamError(Exception):
         self.status, self.body, self.content_type, self.retry_after = status, body, content_type, retry_after
 
     @classmethod
-    def of(cls, r: httpx.Response) -> "UpstreamError":
+    def of(cls, r: httpx.Response) -> UpstreamError:
         return cls(r.status_code, r.content, r.headers.get("content-type"), r.headers.get("retry-after"))
 
     def response(self) -> Response:

@@ -87,7 +87,9 @@ def engine_payload(req: ChatCompletionRequest, model_name: str, max_model_len: i
     checked now, and the defaults clients expect filled in."""
     limit = req.output_limit
     if limit is not None and limit >= max_model_len:
-        raise APIError(400, f"max_tokens={limit} is not below the model's context length {max_model_len}; lower max_tokens", "max_tokens_too_large")
+        raise APIError(
+            400, f"max_tokens={limit} is not below the model's context length {max_model_len}; lower max_tokens", "max_tokens_too_large"
+        )
     payload = req.model_dump(exclude_none=True, exclude_unset=True)
     payload["model"] = model_name  # one model per service: any name the client sends maps to it
     if req.stream:
