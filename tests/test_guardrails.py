@@ -98,7 +98,7 @@ def test_input_masks_personal_data_before_anything_else(guard, embed):
 def test_earlier_turns_are_masked_too(guard):
     messages = [
         {"role": "system", "content": "Customer phone: +44 20 7946 0958"},
-        {"role": "user", "content": [{"type": "text", "text": "I am jane@corp.example"}]},
+        {"role": "user", "content": [{"type": "text", "text": "I am jane@corp.example.com"}]},
         {"role": "assistant", "content": "Noted."},
         {"role": "user", "content": "raw"},
     ]
@@ -151,12 +151,12 @@ def streamed(guard, text: str, **kw) -> str:
 
 def test_stream_output_rails_mask_as_text_flows_and_add_sources_at_the_end(guard):
     sg = StreamGuard(guard, ["handbook.md"])
-    pieces = ["Contact ", "hr@exa", "mple.com", " or ", "call +1 555 ", "123 4567", " today."]
+    pieces = ["Please write ", "hr@exa", "mple.com", " or ", "call +1 212 ", "555 0134", " today."]
     out = [run(sg.choice({"index": 0, "delta": {"content": p}, "finish_reason": None}))["delta"]["content"] for p in pieces]
     last = run(sg.choice({"index": 0, "delta": {}, "finish_reason": "stop"}))
-    assert out[0] == "Contact "  # released at once: nothing in it can still grow
+    assert out[0] == "Please write "  # released at once: nothing in it can still grow
     text = "".join(out) + last["delta"]["content"]
-    assert text == "Contact <EMAIL> or call <PHONE> today.\n\nSources: [1] handbook.md"
+    assert text == "Please write <EMAIL> or call <PHONE> today.\n\nSources: [1] handbook.md"
     assert last["finish_reason"] == "stop"
 
 

@@ -43,7 +43,17 @@ def test_blocked_request_gets_a_refusal_in_openai_shape_and_is_counted(stack):
 def test_personal_data_never_reaches_the_model_unmasked(stack):
     """The model service's prompt audit log (RAGSERVE_LOG_PROMPTS) shows what the model received."""
     rid = "pii-" + str(time.time_ns())
-    question = "I paid with 4111 1111 1111 1111 yesterday, when will the refund reach john.doe@example.com?"
+    raw = {
+        "<PERSON>": "Maria Garcia",
+        "<US_SSN>": "078-05-1120",
+        "<ADDRESS>": "2071 Maryland Avenue",
+        "<EMAIL>": "maria.garcia@example.com",
+        "<CARD_NUMBER>": "4111 1111 1111 1111",
+    }
+    question = (
+        "My name is Maria Garcia, SSN 078-05-1120, and I live at 2071 Maryland Avenue. I paid with "
+        "4111 1111 1111 1111 yesterday: when will the refund reach maria.garcia@example.com?"
+    )
     r = httpx.post(
         f"{stack.url}/v1/chat/completions",
         timeout=120,
@@ -54,9 +64,10 @@ def test_personal_data_never_reaches_the_model_unmasked(stack):
     prompts = [line for line in log_lines(stack.log_path, '"msg": "prompt"') if "<CARD_NUMBER>" in str(line["messages"])]
     assert prompts, "the model service logged no prompt with the masked card number"
     received = str(prompts[-1]["messages"])
-    assert "<EMAIL>" in received and "<CARD_NUMBER>" in received
     log = stack.log_path.read_text()
-    assert "john.doe@example.com" not in log and "4111 1111 1111 1111" not in log
+    for placeholder, value in raw.items():
+        assert placeholder in received, (placeholder, received)
+        assert value not in received and value not in log, value
 
 
 def test_streamed_answer_from_sources_flows_in_pieces_and_cites_them(stack):

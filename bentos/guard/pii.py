@@ -1,70 +1,85 @@
-"""Personal data found by pattern and checksum, replaced by a typed placeholder.
+"""Personal data found by Presidio and replaced by typed placeholders.
 
-Emails, phone numbers, payment cards (Luhn), IBANs (ISO 13616 mod-97) and IP addresses. The
-checksums keep order numbers, dates and versions out: only numbers that could be real are masked.
+Presidio's recognizers decide for the kinds it has: emails, payment cards (Luhn), IBANs (mod-97),
+IP addresses, phone numbers (``phonenumbers``), US SSNs, passports and driving licences, each
+scored higher when its context words are near. Ours (``pii_recognizers``) add names, street
+addresses and dates of birth. A finding is masked when its score reaches RAGSERVE_PII_MIN_SCORE,
+chosen on a validation split (`ragserve eval pii`): checksums and context words keep order
+numbers, dates and versions out.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import functools
+import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
 
-PLACEHOLDERS = {"EMAIL": "<EMAIL>", "CARD": "<CARD_NUMBER>", "IBAN": "<IBAN>", "IP": "<IP_ADDRESS>", "PHONE": "<PHONE>"}
+from bentos.settings import get_settings
 
-EMAIL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
-IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
-IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-# International (+CC ...) or grouped national numbers; 8-15 digits once separators are removed.
-PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,5}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,5}){1,4}(?![\w-])|(?<![\w+])\+\d{8,15}(?!\w)")
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+# Presidio entity -> (our kind, as in metrics and logs; the placeholder the text gets)
+KINDS = {
+    "EMAIL_ADDRESS": ("EMAIL", "<EMAIL>"),
+    "CREDIT_CARD": ("CARD", "<CARD_NUMBER>"),
+    "IBAN_CODE": ("IBAN", "<IBAN>"),
+    "IP_ADDRESS": ("IP", "<IP_ADDRESS>"),
+    "PHONE_NUMBER": ("PHONE", "<PHONE>"),
+    "US_SSN": ("SSN", "<US_SSN>"),
+    "US_PASSPORT": ("PASSPORT", "<PASSPORT_NUMBER>"),
+    "US_DRIVER_LICENSE": ("DRIVER_LICENSE", "<DRIVER_LICENSE>"),
+    "PERSON": ("PERSON", "<PERSON>"),
+    "STREET_ADDRESS": ("ADDRESS", "<ADDRESS>"),
+    "DATE_OF_BIRTH": ("DATE_OF_BIRTH", "<DATE_OF_BIRTH>"),
+}
+PLACEHOLDERS = dict(KINDS.values())
 
 
-def iban_ok(text: str) -> bool:
-    s = text.replace(" ", "")
-    if not 15 <= len(s) <= 34:
-        return False
-    rearranged = s[4:] + s[:4]
-    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+@functools.cache
+def analyzer(spacy_model: str | None = None):
+    """Presidio's analyzer with the recognizers above; built once per process (about 1 s)."""
+    import tldextract
+    from presidio_analyzer import AnalyzerEngine, Pattern, RecognizerRegistry
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        UsLicenseRecognizer,
+        UsPassportRecognizer,
+    )
 
+    from bentos.guard.pii_recognizers import SsnRecognizer, TokenNlpEngine, WindowedPhoneRecognizer, name_lexicon, ragserve_recognizers
 
-def ip_ok(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    # Presidio's email check asks tldextract, which would fetch the public suffix list over the
+    # network first; the snapshot in its package is used instead.
+    tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
+    registry = RecognizerRegistry(supported_languages=["en"])
+    for recognizer in (
+        EmailRecognizer(),
+        # Any 13 to 19 digits, not only the issuers Presidio lists: its Luhn check still decides.
+        CreditCardRecognizer(patterns=[Pattern("card number", r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])", 0.3)]),
+        IbanRecognizer(),
+        IpRecognizer(),
+        WindowedPhoneRecognizer(supported_regions=("US", "GB")),
+        SsnRecognizer(),
+        UsPassportRecognizer(),
+        UsLicenseRecognizer(),
+        *ragserve_recognizers(),
+    ):
+        registry.add_recognizer(recognizer)
+    if spacy_model:
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+        from presidio_analyzer.predefined_recognizers import SpacyRecognizer
 
-
-def phone_ok(text: str) -> bool:
-    digits = re.sub(r"\D", "", text)
-    if not 8 <= len(digits) <= 15:
-        return False
-    # Grouped digits alone are too often amounts or ids; a phone has a + or a conventional shape.
-    return text.startswith("+") or "(" in text or bool(re.fullmatch(r"\d{3}[ .-]\d{3}[ .-]\d{4}", text))
-
-
-# Checked in this order; a later kind never overlaps a span an earlier kind took.
-DETECTORS = (
-    ("EMAIL", EMAIL, None),
-    ("IBAN", IBAN, iban_ok),
-    ("CARD", CARD, lambda s: 13 <= len(re.sub(r"\D", "", s)) <= 19 and luhn_ok(re.sub(r"\D", "", s))),
-    ("IP", IPV4, ip_ok),
-    ("IP", IPV6, lambda s: s.count(":") >= 2 and ip_ok(s)),
-    ("PHONE", PHONE, phone_ok),
-)
+        nlp = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": spacy_model}])
+        registry.add_recognizer(SpacyRecognizer(supported_entities=["PERSON"]))
+    else:
+        nlp = TokenNlpEngine()
+    nlp.load()
+    name_lexicon()
+    return AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
 
 
 @dataclass(frozen=True)
@@ -72,23 +87,28 @@ class Finding:
     kind: str
     start: int
     end: int
+    score: float = 1.0
 
 
-def find(text: str) -> list[Finding]:
+def find(text: str, threshold: float | None = None) -> list[Finding]:
+    """Findings at or over the threshold; where two overlap, the higher score (then the longer) wins."""
+    if not text.strip():
+        return []
+    settings = get_settings()
+    limit = settings.pii_min_score if threshold is None else threshold
+    results = analyzer(settings.pii_spacy_model).analyze(text, language="en", entities=list(KINDS))
+    ranked = sorted((r for r in results if r.score >= limit), key=lambda r: (-r.score, -(r.end - r.start), r.start))
     taken: list[Finding] = []
-    for kind, pattern, valid in DETECTORS:
-        for m in pattern.finditer(text):
-            if valid is not None and not valid(m.group()):
-                continue
-            if any(m.start() < f.end and f.start < m.end() for f in taken):
-                continue
-            taken.append(Finding(kind, m.start(), m.end()))
+    for r in ranked:
+        if any(r.start < f.end and f.start < r.end for f in taken):
+            continue
+        taken.append(Finding(KINDS[r.entity_type][0], r.start, r.end, r.score))
     return sorted(taken, key=lambda f: f.start)
 
 
-def mask(text: str) -> tuple[str, Counter]:
+def mask(text: str, threshold: float | None = None) -> tuple[str, Counter]:
     """``text`` with each finding replaced by its placeholder, and how many of each kind."""
-    findings = find(text)
+    findings = find(text, threshold)
     if not findings:
         return text, Counter()
     out, pos = [], 0
@@ -100,8 +120,14 @@ def mask(text: str) -> tuple[str, Counter]:
 
 
 # A word may be part of something to mask while text can still follow it: the word still being
-# written, and a run of words with digits before it (the groups of a phone, card or IBAN).
-_DIGITISH = re.compile(r"(?:\+|\(|[A-Z]{2}\d|[\w.%+()/:@-]*\d)[\w.%+()/:@-]*[.,;:]?")
+# written, and a run of words before it that a finding may continue: words with digits (the groups
+# of a phone, card or IBAN) and capitalised words (a name's surname, an address's street and city).
+_GROWING = re.compile(r"(?:\+|\(|[A-Z]|[\w.%+()/:@-]*\d)[\w.%+()/:@'’-]*[.,;:]?")
+# A word that ends a sentence ("France."; not "Dr." or "J."): no finding runs on past it.
+_SENTENCE_END = re.compile(r"[^\W\d_]{3,}[.!?]$")
+# Released text kept as the context of what follows: "born on" and "SSN:" decide what the next
+# numbers are.
+CONTEXT_CHARS = 48
 
 
 def open_tail(text: str) -> int:
@@ -110,20 +136,22 @@ def open_tail(text: str) -> int:
     cut, i = len(text), len(words) - 1
     if words and words[-1].end() == len(text):  # still being written
         cut = words[-1].start()
-        if not _DIGITISH.fullmatch(words[-1].group()):
+        if not _GROWING.fullmatch(words[-1].group()):
             return cut
         i -= 1
-    while i >= 0 and _DIGITISH.fullmatch(words[i].group()):
+    while i >= 0 and _GROWING.fullmatch(words[i].group()) and not _SENTENCE_END.search(words[i].group()):
         cut, i = words[i].start(), i - 1
     return cut
 
 
 class StreamMasker:
     """Masks text that arrives in pieces without waiting for the end: everything up to the
-    last point where no finding can still be growing is released at once, masked."""
+    last point where no finding can still be growing is released at once, masked, judged with
+    the text released just before it as context."""
 
     def __init__(self) -> None:
         self.pending = ""
+        self.context = ""
         self.found: Counter = Counter()
 
     def feed(self, piece: str) -> str:
@@ -138,6 +166,17 @@ class StreamMasker:
 
     def _release(self, cut: int) -> str:
         ready, self.pending = self.pending[:cut], self.pending[cut:]
-        masked, counts = mask(ready)
-        self.found.update(counts)
-        return masked
+        if not ready:
+            return ""
+        before = len(self.context)
+        text = self.context + ready
+        out, pos = [], before
+        for f in find(text):
+            if f.start < before:  # began in text already released
+                continue
+            out += [text[pos : f.start], PLACEHOLDERS[f.kind]]
+            pos = f.end
+            self.found[f.kind] += 1
+        out.append(text[pos:])
+        self.context = text[-CONTEXT_CHARS:]
+        return "".join(out)

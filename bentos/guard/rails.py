@@ -48,6 +48,7 @@ class Guard:
         if self.self_check and ask_model is None:
             raise ValueError("RAGSERVE_GUARD_SELF_CHECK=true needs a model to ask")
         self.detectors = Detectors(PromptClassifier.load(settings.classifier_path), custom, ask_model)
+        self.detectors.mask("warm-up", "startup")  # builds Presidio's analyzer now, not on the first request
         self.rails = LLMRails(config)
         self.rails.register_action_param("detectors", self.detectors)
 

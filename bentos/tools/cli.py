@@ -193,6 +193,45 @@ def eval_guardrails_cmd(file: Path, json_out: str | None) -> None:
         Path(json_out).write_text(json.dumps(result, indent=2))
 
 
+@eval_group.command("pii")
+@click.option(
+    "--squad",
+    default=Path("../shared/eval/squad_v2_dev_subset.json"),
+    show_default=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="SQuAD-format JSON whose sentences with numbers must stay unaltered.",
+)
+@click.option(
+    "--max-altered", default=0.02, show_default=True, type=click.FloatRange(0, 1), help="False-positive budget for the threshold."
+)
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+def eval_pii_cmd(squad: Path, max_altered: float, json_out: str | None) -> None:
+    """Personal-data masking on data it was not written against: share of names, addresses, SSNs,
+    cards, phones, ... masked, and share of ordinary sentences whose numbers were altered. The
+    score threshold is chosen on the validation split, the figures are for the test split."""
+    import json
+
+    from bentos.tools.pii_eval import PiiEvalError, eval_pii
+
+    try:
+        result = eval_pii(squad, max_altered)
+    except PiiEvalError as e:
+        raise click.ClickException(str(e)) from None
+    for r in result["validation"]:
+        altered = r["number_sentences_altered"]
+        click.echo(f"validation  threshold {r['threshold']:<5} masked {r['masked']:.1%}  numbers altered {altered:.1%}")
+    test = result["test"]
+    click.echo(f"chosen on validation: {result['chosen_on_validation']} (numbers altered at most {max_altered:.0%})")
+    click.echo(
+        f"test: {test['values']} values in {test['sentences']} sentences, {test['masked']:.1%} masked; "
+        f"{test['number_sentences']} ordinary sentences with numbers, {test['number_sentences_altered']:.1%} altered"
+    )
+    for kind, share in test["masked_by_kind"].items():
+        click.echo(f"  {kind:<16}{test['values_by_kind'][kind]:>5} values  {share:.1%} masked")
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+
+
 def load_guard(settings: Settings):
     from bentos.guard.rails import Guard
     from bentos.retrieval.embedder import embedder_for

@@ -1,0 +1,232 @@
+"""`ragserve eval pii`: how much personal data the masking catches, and how many ordinary numbers
+it alters, on data it was not written against.
+
+Sentences with personal data: the templates that ship with Microsoft's presidio-evaluator
+(installed, never imported: only its raw data is read), filled with the people of its
+FakeNameGenerator table (names from 24 national name sets, their street addresses, phone numbers,
+birthdays and US SSNs) and with Faker's cards, IBANs, IP addresses and passport numbers. Ordinary
+sentences with numbers: the SQuAD paragraphs in ../shared/eval, split into sentences.
+
+Every source is split in two by a hash: the score threshold is chosen on the validation half
+(the lowest whose false positives stay within the budget), the figures are reported on the test
+half, which the choice never saw.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from bentos.guard import pii
+
+THRESHOLDS = (0.05, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
+PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+# A few templates of ours for the kinds the evaluator's templates lack (passports, driving
+# licences) or hold once or twice (SSNs, dates of birth); split like the others.
+OWN_TEMPLATES = [
+    "My passport number is {{passport}}, can you check the visa rules for me?",
+    "Passport no. {{passport}} expires next month.",
+    "Please update my driver license number to {{us_driver_license}}.",
+    "Driving licence {{us_driver_license}} was issued in {{city}}.",
+    "My SSN is {{ssn}} and my date of birth is {{date_of_birth}}.",
+    "Social security number: {{ssn}}",
+    "I was born on {{date_of_birth}} in {{city}}.",
+    "DOB {{date_of_birth}}, phone {{phone_number}}",
+]
+# Template fields that are personal data, and the kind each one is.
+KIND_OF = {
+    "person": "PERSON",
+    "name": "PERSON",
+    "name_female": "PERSON",
+    "name_male": "PERSON",
+    "first_name": "PERSON",
+    "first_name_male": "PERSON",
+    "first_name_female": "PERSON",
+    "first_name_nonbinary": "PERSON",
+    "last_name": "PERSON",
+    "last_name_male": "PERSON",
+    "last_name_female": "PERSON",
+    "address": "ADDRESS",
+    "street_address": "ADDRESS",
+    "credit_card_number": "CARD",
+    "phone_number": "PHONE",
+    "email": "EMAIL",
+    "iban": "IBAN",
+    "ip_address": "IP",
+    "ssn": "SSN",
+    "date_of_birth": "DATE_OF_BIRTH",
+    "us_driver_license": "DRIVER_LICENSE",
+    "passport": "PASSPORT",
+}
+
+
+class PiiEvalError(RuntimeError):
+    pass
+
+
+def evaluator_data() -> Path:
+    try:
+        root = Path(metadata.distribution("presidio-evaluator").locate_file("presidio_evaluator/data_generator/raw_data"))
+    except metadata.PackageNotFoundError:
+        raise PiiEvalError(
+            "presidio-evaluator is not installed: `uv pip install --no-deps presidio-evaluator==0.3.2` (make setup does)"
+        ) from None
+    return root
+
+
+def _split(key: str) -> str:
+    return "validation" if int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 2 == 0 else "test"
+
+
+@dataclass
+class Sample:
+    text: str
+    spans: list[tuple[str, int, int]]  # (kind, start, end) of each piece of personal data
+    split: str
+
+
+def _people(root: Path) -> list[dict]:
+    with (root / "FakeNameGenerator.com_3000.csv").open(encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _value(field: str, person: dict, fake) -> str | None:
+    first, last = person["GivenName"], person["Surname"]
+    code, number = person["TelephoneCountryCode"], person["TelephoneNumber"]
+    phone = number if code == "1" else f"+{code} {number}"
+    address = person["StreetAddress"] + (f", {person['City']}, {person['State']} {person['ZipCode']}" if person["Country"] == "US" else "")
+    m, d, y = person["Birthday"].split("/")
+    values = {
+        "person": f"{first} {last}",
+        "name": f"{first} {last}",
+        "name_female": f"{first} {last}",
+        "name_male": f"{first} {last}",
+        "first_name": first,
+        "first_name_male": first,
+        "first_name_female": first,
+        "first_name_nonbinary": first,
+        "last_name": last,
+        "last_name_male": last,
+        "last_name_female": last,
+        "address": address,
+        "street_address": person["StreetAddress"],
+        "phone_number": phone,
+        "email": person["EmailAddress"],
+        "date_of_birth": fake.random_element([person["Birthday"], f"{y}-{int(m):02d}-{int(d):02d}", f"{fake.month_name()} {d}, {y}"]),
+        "ssn": person["NationalID"] if person["Country"] == "US" and person["NationalID"] else fake.ssn(),
+        "credit_card_number": fake.credit_card_number(),
+        "iban": fake.iban(),
+        "ip_address": fake.random_element([fake.ipv4(), fake.ipv6()]),
+        "passport": fake.passport_number(),
+        "us_driver_license": fake.bothify(fake.random_element(["?#######", "#########", "?###-####-####"])).upper(),
+        "city": person["City"],
+        "country": person["CountryFull"],
+        "building_number": str(fake.building_number()),
+        "street_name": fake.street_name(),
+    }
+    return values.get(field)
+
+
+def _fill(template: str, person: dict, fake) -> Sample | None:
+    text, spans, pos = "", [], 0
+    # A building number before a street name is a street address: the person's own.
+    template = template.replace("\\n", "\n").replace("{{building_number}} {{street_name}}", "{{street_address}}")
+    for m in PLACEHOLDER.finditer(template):
+        field = m.group(1)
+        value = _value(field, person, fake)
+        if value is None:  # a field that is not personal data: a generic stand-in
+            value = {"year": str(fake.year()), "age": str(fake.random_int(18, 90))}.get(field) or fake.word().capitalize()
+        text += template[pos : m.start()]
+        if KIND_OF.get(field):
+            spans.append((KIND_OF[field], len(text), len(text) + len(value)))
+        text += value
+        pos = m.end()
+    text += template[pos:]
+    return Sample(text, spans, "") if spans else None
+
+
+def personal_samples(seed: int = 7) -> list[Sample]:
+    from faker import Faker
+
+    root = evaluator_data()
+    templates = [t.strip() for t in (root / "templates.txt").read_text(encoding="utf-8").splitlines() if t.strip()] + OWN_TEMPLATES
+    people = _people(root)
+    fake = Faker("en_US")
+    Faker.seed(seed)
+    rnd = random.Random(seed)
+    out = []
+    for template in templates:
+        if not any(KIND_OF.get(f) for f in PLACEHOLDER.findall(template)):
+            continue
+        split = _split(template)
+        for _ in range(3):
+            person = rnd.choice([p for p in people if _split(p["Number"]) == split] or people)
+            sample = _fill(template, person, fake)
+            if sample:
+                sample.split = split
+                out.append(sample)
+    return out
+
+
+def number_sentences(squad: Path) -> list[tuple[str, str]]:
+    """(sentence, split) for the SQuAD sentences that hold a digit: years, amounts, counts, ids."""
+    try:
+        data = json.loads(squad.read_text(encoding="utf-8"))["data"]
+    except (OSError, ValueError, KeyError) as e:
+        raise PiiEvalError(f"{squad}: not a SQuAD file ({e})") from None
+    sentences = dict.fromkeys(
+        s.strip() for a in data for p in a["paragraphs"] for s in re.split(r"(?<=[.!?])\s+", p["context"]) if re.search(r"\d", s)
+    )
+    return [(s, _split(s)) for s in sentences]
+
+
+def _digit_spans_altered(text: str, findings: list[pii.Finding]) -> bool:
+    return any(re.search(r"\d", text[f.start : f.end]) for f in findings)
+
+
+def score(samples: list[Sample], sentences: list[str], threshold: float) -> dict:
+    """Share of personal data masked (a span counts when a finding covers most of it), by kind,
+    and the share of ordinary sentences whose numbers were altered."""
+    caught: dict[str, list[int]] = {}
+    for s in samples:
+        findings = pii.find(s.text, threshold)
+        for kind, start, end in s.spans:
+            covered = sum(max(0, min(end, f.end) - max(start, f.start)) for f in findings)
+            caught.setdefault(kind, []).append(int(covered >= 0.8 * (end - start)))
+    altered = [_digit_spans_altered(t, pii.find(t, threshold)) for t in sentences]
+    total = [x for v in caught.values() for x in v]
+    return {
+        "threshold": threshold,
+        "values": len(total),
+        "sentences": len(samples),
+        "masked": round(sum(total) / len(total), 4) if total else None,
+        "masked_by_kind": {k: round(sum(v) / len(v), 4) for k, v in sorted(caught.items())},
+        "values_by_kind": {k: len(v) for k, v in sorted(caught.items())},
+        "number_sentences": len(sentences),
+        "number_sentences_altered": round(sum(altered) / len(altered), 4) if altered else None,
+    }
+
+
+def eval_pii(squad: Path, max_altered: float = 0.02) -> dict:
+    samples = personal_samples()
+    numbers = number_sentences(squad)
+    val = [s for s in samples if s.split == "validation"]
+    test = [s for s in samples if s.split == "test"]
+    val_numbers = [t for t, split in numbers if split == "validation"]
+    test_numbers = [t for t, split in numbers if split == "test"]
+    tried = [score(val, val_numbers, t) for t in THRESHOLDS]
+    within = [r for r in tried if r["number_sentences_altered"] <= max_altered]
+    # The most masked within the budget; on a tie, the higher threshold (fewer doubtful findings).
+    chosen = max(within, key=lambda r: (r["masked"], -r["number_sentences_altered"], r["threshold"])) if within else tried[-1]
+    return {
+        "chosen_on_validation": chosen["threshold"],
+        "max_altered": max_altered,
+        "validation": tried,
+        "test": score(test, test_numbers, chosen["threshold"]),
+    }
