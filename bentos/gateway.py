@@ -1,7 +1,8 @@
 """The gateway: the entry service `bentoml serve` (and `make serve`) runs on 127.0.0.1:3000.
 
 It runs the guardrails, retrieves from the published LanceDB index and relays to the model service, composed with
-``bentoml.depends`` (its own process, reached over BentoML's local socket or a URL).
+``bentoml.depends`` (its own process, reached over BentoML's local socket or a URL). With
+RAGSERVE_GUARD_MODEL set it depends on the guard service too (bentos/guard_service.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 import psutil
 
 from bentos.chat.api import create_gateway_app, wire
+from bentos.guard.guard_model import FORMATS, GuardModel
 from bentos.guard.rails import Guard
 from bentos.llm_service import LLM
 from bentos.retrieval.retriever import Retriever
@@ -49,12 +51,16 @@ def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
 
 settings = service_settings()
 gateway_app = create_gateway_app(settings)
+if settings.guard_in_process:  # a third service only when a guard model is set
+    from bentos.guard_service import GuardLLM
 
 
 @bentoml.service(name="ragserve-gateway", **service_options(settings))
 @bentoml.asgi_app(gateway_app, path="/v1")
 class Gateway:
     llm = bentoml.depends(LLM)
+    if settings.guard_in_process:
+        guard = bentoml.depends(GuardLLM)
 
     def __init__(self) -> None:
         check_worker_socket(settings)
@@ -63,10 +69,28 @@ class Gateway:
         _ = self.llm  # resolves the dependency: its url is set from here on
         self.llm_http = dependency_client(type(self).llm.url, settings.request_timeout_s)
         key = settings.api_key_value
-        self.relay = Relay(self.llm_http, "the model service", headers={"Authorization": f"Bearer {key}"} if key else None)
+        auth = {"Authorization": f"Bearer {key}"} if key else None
+        self.relay = Relay(self.llm_http, "the model service", headers=auth)
+        self.guard_http = self.guard_client(auth)
+        guard_model = None
+        if self.guard_http is not None:
+            name = "guard" if settings.guard_in_process else settings.guard_model
+            guard_model = GuardModel(self.guard_http, name, FORMATS[settings.guard_format], settings.guard_timeout_s)
         # Loaded here, not per request: a missing classifier or a bad config stops start-up.
-        guard = Guard(settings, self.ask_model) if settings.guardrails else None
+        guard = Guard(settings, self.ask_model, guard_model) if settings.guardrails else None
         wire(gateway_app, settings, self.retriever, self.relay, guard)
+
+    def guard_client(self, headers: dict | None) -> httpx.AsyncClient | None:
+        """HTTP to the guard model: the guard service beside this one, or RAGSERVE_GUARD_URL."""
+        if settings.guard_in_process:
+            _ = self.guard
+            client = dependency_client(type(self).guard.url, settings.guard_timeout_s)
+        elif settings.guard_url:
+            client = http_client(settings.guard_url.rstrip("/"), settings.guard_timeout_s)
+        else:
+            return None
+        client.headers.update(headers or {})
+        return client
 
     async def ask_model(self, prompt: str) -> str:
         """One short answer from the served model, for the optional self-check rails."""
@@ -101,22 +125,31 @@ class Gateway:
         seconds = round(time.time() - started, 1)
         log.info(f"{READY_MESSAGE}: {url}/v1 answers ({seconds} s after start)", extra={"fields": {"url": f"{url}/v1", "seconds": seconds}})
 
+    def engine_services(self) -> list[httpx.AsyncClient]:
+        return [self.llm_http] + ([self.guard_http] if settings.guard_in_process else [])
+
     async def __is_ready__(self) -> bool:
-        """Ready when the model service is: its /readyz says the engine has generated a token."""
+        """Ready when the model service is (its /readyz says the engine has generated a token),
+        and the guard service too where there is one."""
         try:
-            return (await self.llm_http.get("/readyz", timeout=5)).status_code == 200
+            return all([(await http.get("/readyz", timeout=5)).status_code == 200 for http in self.engine_services()])
         except httpx.HTTPError:
             return False
 
     async def __metrics__(self, content: str) -> str:
-        """The engine's metrics too, so one scrape of the entry service sees the whole stack."""
-        try:
-            r = await self.llm_http.get("/metrics", timeout=5)
-            return content + only_engine_metrics(r.text)
-        except httpx.HTTPError:
-            return content
+        """The engines' metrics too (their model_name tells them apart), so one scrape of the
+        entry service sees the whole stack."""
+        texts = []
+        for http in self.engine_services():
+            try:
+                texts.append((await http.get("/metrics", timeout=5)).text)
+            except httpx.HTTPError:
+                pass  # an engine down or starting: /readyz says so
+        return content + only_engine_metrics(*texts)
 
     @bentoml.on_shutdown
     async def shutdown(self) -> None:
         self._announcer.cancel()  # still waiting if the stack never became ready
         await self.llm_http.aclose()
+        if self.guard_http is not None:
+            await self.guard_http.aclose()

@@ -124,6 +124,29 @@ class Settings(BaseSettings):
         False,
         description="Also ask the served model to judge input and output (one LLM call each): for GPU deployments with a capable model.",
     )
+    guard_model: str | None = Field(
+        None,
+        description="A guard model (Llama Guard family: a Hugging Face id, a folder, or 'embedded' as a stand-in) served by a "
+        "second vLLM engine in its own service, asked about every message and answer; unset: no guard model, no third service.",
+    )
+    guard_url: str | None = Field(
+        None,
+        description="An OpenAI-compatible guard-model endpoint served elsewhere (e.g. a vLLM server running Llama Guard); "
+        "replaces the guard service.",
+    )
+    guard_format: Literal["llama_guard_3"] = Field("llama_guard_3", description="How the guard model's answer reads.")
+    guard_gpu_memory_utilization: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description="GPU share of the guard engine; the answering model's default share shrinks by as much, and the two "
+        "must stay at or under 0.95.",
+    )
+    guard_max_model_len: int | None = Field(None, gt=0, description="The guard engine's context length; default RAGSERVE_MAX_MODEL_LEN.")
+    guard_timeout_s: float = Field(10, gt=0, description="A guard verdict that takes longer refuses the request (fails closed).")
+    guard_stream_every_tokens: int = Field(
+        32, ge=1, description="A streamed answer is moderated at each sentence's end, or after this many pieces without one."
+    )
     pii_min_score: float = Field(
         0.4,
         ge=0,
@@ -163,6 +186,40 @@ class Settings(BaseSettings):
     def _refuse_open_bind(self) -> Settings:
         self.check_bind(self.host)
         return self
+
+    @model_validator(mode="after")
+    def _guard_fits_beside_the_model(self) -> Settings:
+        if self.guard_url and not self.guard_model:
+            raise ValueError("RAGSERVE_GUARD_URL needs RAGSERVE_GUARD_MODEL: the model name that endpoint serves")
+        if self.guard_in_process and self.resolved_device == "cuda":
+            if "gpu_memory_utilization" not in self.model_fields_set:  # make room for the guard engine
+                self.gpu_memory_utilization = round(0.90 - self.guard_gpu_memory_utilization, 2)
+            total = self.gpu_memory_utilization + self.guard_gpu_memory_utilization
+            if total > 0.95:
+                raise ValueError(
+                    f"the two engines would take {total:.2f} of the GPU: lower RAGSERVE_GPU_MEMORY_UTILIZATION "
+                    f"({self.gpu_memory_utilization}) or RAGSERVE_GUARD_GPU_MEMORY_UTILIZATION ({self.guard_gpu_memory_utilization}) "
+                    "so their sum stays at or under 0.95"
+                )
+        return self
+
+    @property
+    def guard_in_process(self) -> bool:
+        """A guard engine runs beside the model (its own service), not at RAGSERVE_GUARD_URL."""
+        return bool(self.guard_model) and not self.guard_url
+
+    def guard_engine_settings(self) -> Settings:
+        """These settings with the guard model in the model's place, for the guard service's engine."""
+        return self.model_copy(
+            update={
+                "model": self.guard_model,
+                "served_model_name": "guard",
+                "gpu_memory_utilization": self.guard_gpu_memory_utilization,
+                "max_model_len": self.guard_max_model_len or self.max_model_len,
+                "engine_port": 0,
+                "engine_args": "",
+            }
+        )
 
     def check_bind(self, host: str) -> None:
         """Listening beyond loopback without a key would expose the model to the network."""

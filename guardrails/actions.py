@@ -30,3 +30,8 @@ async def ensure_citations(text: str, sources: list, detectors) -> str:
 @action(name="self_check")
 async def self_check(stage: str, text: str, detectors) -> str | None:
     return await detectors.self_check(stage, text)
+
+
+@action(name="guard_model_check")
+async def guard_model_check(stage: str, user: str, detectors, answer: str | None = None) -> str | None:
+    return await detectors.guard_model_check(stage, user, answer)

@@ -19,7 +19,8 @@ from jsonschema import Draft7Validator
 from .backends import default_kubectl
 
 KSERVE_DIR = Path(__file__).parent / "kserve"
-OVERLAYS = ("blue", "green", "canary")
+OVERLAYS = ("blue", "green", "canary", "guarded")
+MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 PORT = 3000
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are large: libyaml when present
 
@@ -81,6 +82,24 @@ def _probe_path(container: dict, probe: str) -> str | None:
     return ((container.get(probe) or {}).get("httpGet") or {}).get("path")
 
 
+def guard_model_errors(where: str, env: dict[str, str | None]) -> list[str]:
+    """A guard model's weights come through the same storage path as the model's (one
+    storageUri, two folders), and its engine gets a GPU share of its own."""
+    guard = env.get("RAGSERVE_GUARD_MODEL")
+    if guard is None:
+        return []
+    errors = []
+    model = env.get("RAGSERVE_MODEL") or ""
+    for name, path in (("RAGSERVE_MODEL", model), ("RAGSERVE_GUARD_MODEL", guard)):
+        if not path.startswith(MODEL_MOUNT + "/"):
+            errors.append(f"{where}: {name} {path!r} must be a folder under {MODEL_MOUNT}, where storageUri lands")
+    if model == guard:
+        errors.append(f"{where}: RAGSERVE_MODEL and RAGSERVE_GUARD_MODEL are the same folder")
+    if "RAGSERVE_GUARD_GPU_MEMORY_UTILIZATION" not in env:
+        errors.append(f"{where}: set RAGSERVE_GUARD_GPU_MEMORY_UTILIZATION, the guard engine's share of the GPU")
+    return errors
+
+
 def rule_errors(docs: list[dict]) -> list[str]:
     """What the CRDs cannot say: GPU requested, probes with a startup budget, /dev/shm, metrics,
     scale to zero, canary only in Serverless mode, and the runtime each service names exists."""
@@ -107,6 +126,7 @@ def rule_errors(docs: list[dict]) -> list[str]:
                 errors.append(f"{where}: startup budget under 10 minutes; model load and compile need more")
             if not any(m.get("mountPath") == "/dev/shm" and m.get("name") in shm_volumes for m in c.get("volumeMounts", [])):
                 errors.append(f"{where}: no memory-backed /dev/shm")
+            errors += guard_model_errors(where, {e["name"]: e.get("value") for e in c.get("env", []) if "name" in e})
     for d in docs:
         if d.get("kind") != "InferenceService":
             continue

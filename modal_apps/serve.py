@@ -46,6 +46,9 @@ SERVE_PORT = 3000
 cfg, settings = load_settings()
 if modal.is_local() and settings.guardrails and not settings.classifier_path.exists():
     raise SystemExit(f"{settings.classifier_path} is missing: train it first (`make setup`, or `ragserve guardrails train`)")
+if cfg.memory_snapshot and settings.guard_in_process:
+    # The snapshot path puts one engine to sleep at a known port; a second engine is not handled yet.
+    raise SystemExit("RAGSERVE_MODAL_MEMORY_SNAPSHOT does not support a guard engine yet: unset one of it and RAGSERVE_GUARD_MODEL")
 
 app = modal.App(cfg.app_name)
 image = gpu_image(cfg)
@@ -72,17 +75,29 @@ SERVE_OPTIONS = dict(
 )
 
 
-def model_env(s: Settings) -> dict[str, str]:
-    """Serve a Hugging Face id from its folder in the weights Volume, or say how to fill it."""
-    if s.model == EMBEDDED_MODEL or Path(s.model).is_dir():
-        return {}
-    folder = model_folder(s.model)
+def volume_folder(model: str, setting: str) -> Path | None:
+    """A Hugging Face id's folder in the weights Volume (None for the embedded model or a folder),
+    or an error saying how to fill it."""
+    if model == EMBEDDED_MODEL or Path(model).is_dir():
+        return None
+    folder = model_folder(model)
     if not (folder / "config.json").exists():
         raise RuntimeError(
-            f"{s.model} is not in the '{cfg.models_volume}' Volume ({folder}); fill it once with "
-            "`modal run modal_apps/serve.py::download` (same RAGSERVE_MODEL)"
+            f"{model} is not in the '{cfg.models_volume}' Volume ({folder}); fill it once with "
+            f"`modal run modal_apps/serve.py::download` (same {setting})"
         )
-    return {"RAGSERVE_MODEL": str(folder), "RAGSERVE_SERVED_MODEL_NAME": s.served_model_name or s.model}
+    return folder
+
+
+def model_env(s: Settings) -> dict[str, str]:
+    """Serve Hugging Face ids (the model's, and the guard model's when set: its engine runs in the
+    same container, on the same GPU) from their folders in the weights Volume."""
+    env = {}
+    if folder := volume_folder(s.model, "RAGSERVE_MODEL"):
+        env |= {"RAGSERVE_MODEL": str(folder), "RAGSERVE_SERVED_MODEL_NAME": s.served_model_name or s.model}
+    if s.guard_in_process and (folder := volume_folder(s.guard_model, "RAGSERVE_GUARD_MODEL")):
+        env["RAGSERVE_GUARD_MODEL"] = str(folder)
+    return env
 
 
 @app.function(
@@ -93,21 +108,27 @@ def model_env(s: Settings) -> dict[str, str]:
     timeout=3600,
 )
 def download() -> str:
-    """Fill the weights Volume with RAGSERVE_MODEL (once per model), so cold starts never touch the hub."""
+    """Fill the weights Volume with RAGSERVE_MODEL, and RAGSERVE_GUARD_MODEL when set (once per
+    model), so cold starts never touch the hub. Returns the model's folder."""
     from bentos.model.store import prepare_embedded
 
     s = Settings()
-    if s.model == EMBEDDED_MODEL:
-        target = prepare_embedded(s)
-    else:
-        from huggingface_hub import snapshot_download
+    folders = []
+    for model in [s.model] + ([s.guard_model] if s.guard_in_process else []):
+        if model == EMBEDDED_MODEL:
+            target = prepare_embedded(s)
+        elif Path(model).is_dir():
+            target = Path(model)
+        else:
+            from huggingface_hub import snapshot_download
 
-        target = model_folder(s.model)
-        # safetensors only: vLLM loads them, and .bin/.pth copies would double the Volume.
-        snapshot_download(s.model, local_dir=target, ignore_patterns=["*.bin", "*.pth", "*.pt", "original/*"])
+            target = model_folder(model)
+            # safetensors only: vLLM loads them, and .bin/.pth copies would double the Volume.
+            snapshot_download(model, local_dir=target, ignore_patterns=["*.bin", "*.pth", "*.pt", "original/*"])
+        print(f"{model} is in {target}")
+        folders.append(str(target))
     commit(models_volume)
-    print(f"{s.model} is in {target}")
-    return str(target)
+    return folders[0]
 
 
 @app.cls(**SERVE_OPTIONS)

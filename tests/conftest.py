@@ -1,5 +1,6 @@
-"""Two served stacks per test session, both booting in the background from its first second:
-the guarded one `make serve` runs, and a rails-off one started by the Modal serving class.
+"""Served stacks per test session, booting in the background from its first second: the guarded
+one `make serve` runs, a rails-off one started by the Modal serving class, and (for the
+guard-model tests) one with a guard engine beside the model.
 
 vLLM takes 30-150 s to start on a CPU, so every test that needs an engine shares these, and the
 tests that need none run first, while they boot. Nothing probes /readyz on a test's behalf: a
@@ -79,7 +80,7 @@ def pytest_collection_modifyitems(items) -> None:
     else has touched; then the other stack tests in their files' order."""
 
     def needs_stack(item) -> bool:
-        return uses(item, "stack") or uses(item, "unguarded_stack")
+        return any(uses(item, f) for f in STACKS)
 
     items.sort(key=lambda item: (needs_stack(item), item.get_closest_marker("first_contact") is None))
 
@@ -219,6 +220,9 @@ def uses(item, fixture: str) -> bool:
     return fixture in getattr(item, "fixturenames", ())
 
 
+STACKS = ("stack", "unguarded_stack", "guard_stack")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def boots(request, tmp_path_factory, nothing_left_running) -> dict[str, Boot]:
     """Both stacks start at once when the session does, if any selected test needs them. One
@@ -226,10 +230,10 @@ def boots(request, tmp_path_factory, nothing_left_running) -> dict[str, Boot]:
     items = request.session.items
     key = "test-key-" + os.urandom(6).hex()
     started: dict[str, Boot] = {}
-    if any(uses(i, "stack") or uses(i, "unguarded_stack") for i in items):
+    if any(uses(i, f) for i in items for f in STACKS):
         from bentos.retrieval.embedder import get_embedder
 
-        get_embedder()  # loaded once, before both boots index their corpus with it
+        get_embedder()  # loaded once, before the boots index their corpus with it
     if any(uses(i, "stack") for i in items):
         # The prompt audit log shows what the model received (tests/test_guardrails_gateway.py
         # reads it); small capacity limits make a burst overflow them (tests/test_hostile_input.py).
@@ -244,6 +248,16 @@ def boots(request, tmp_path_factory, nothing_left_running) -> dict[str, Boot]:
         started["unguarded_stack"] = Boot(
             "Modal container (fast boot, rails off)", partial(start_modal_container, tmp_path_factory.mktemp("unguarded"), key, extra)
         )
+    if any(uses(i, "guard_stack") for i in items):
+        from bentos.model.store import prepare_embedded
+        from bentos.settings import Settings
+
+        # The embedded SmolLM2 folder stands in for a guard model: a second engine really starts,
+        # the chat template really renders, the verdict (held to Llama Guard's shape) is parsed.
+        extra = {"RAGSERVE_GUARD_MODEL": str(prepare_embedded(Settings())), "RAGSERVE_ENFORCE_EAGER": "true"}
+        if (os.cpu_count() or 1) > 1:
+            extra["VLLM_CPU_OMP_THREADS_BIND"] = "1"
+        started["guard_stack"] = Boot("stack with a guard model", partial(start_stack, tmp_path_factory.mktemp("guarded"), key, extra))
     yield started
     for boot in started.values():
         boot.close()
@@ -262,3 +276,9 @@ def unguarded_stack(boots) -> ServedStack:
     candidate that must fail the guardrail gate, or a live release to promote over), and the
     one the engine-death and shutdown tests may break."""
     return boots["unguarded_stack"].get()
+
+
+@pytest.fixture(scope="session")
+def guard_stack(boots) -> ServedStack:
+    """`make serve` with RAGSERVE_GUARD_MODEL set (to the SmolLM2 folder): three services."""
+    return boots["guard_stack"].get()

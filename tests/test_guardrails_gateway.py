@@ -24,7 +24,7 @@ def metric(stack, series: str) -> float:
 
 
 def blocked_count(stack, rail: str) -> float:
-    return metric(stack, f'ragserve_guardrail_blocked_total{{rail="{rail}"}}')
+    return metric(stack, f'ragserve_guardrail_blocked_total{{rail="{rail}",category=""}}')
 
 
 def test_blocked_request_gets_a_refusal_in_openai_shape_and_is_counted(stack):

@@ -59,6 +59,28 @@ def test_overlays_are_a_release_pair_and_a_canary(rendered):
         assert predictors[o]["minReplicas"] == 0
 
 
+def env_of(docs: list[dict]) -> dict:
+    return {e["name"]: e.get("value") for e in by_kind(docs, "ServingRuntime")["spec"]["containers"][0]["env"]}
+
+
+def test_the_guarded_overlay_adds_a_guard_engine_with_weights_from_the_same_storage(rendered):
+    env, blue = env_of(rendered["guarded"]), env_of(rendered["blue"])
+    assert "RAGSERVE_GUARD_MODEL" not in blue and blue["RAGSERVE_MODEL"] == "/mnt/models"
+    assert (env["RAGSERVE_MODEL"], env["RAGSERVE_GUARD_MODEL"]) == ("/mnt/models/model", "/mnt/models/guard")
+    assert float(env["RAGSERVE_GUARD_GPU_MEMORY_UTILIZATION"]) < 0.5
+    isvc = by_kind(rendered["guarded"], "InferenceService")
+    assert (
+        isvc["spec"]["predictor"]["model"]["image"] == by_kind(rendered["blue"], "InferenceService")["spec"]["predictor"]["model"]["image"]
+    )
+    # The rule catches a guard model fetched from elsewhere, or sharing the model's folder.
+    docs = copy.deepcopy(rendered["guarded"])
+    container = by_kind(docs, "ServingRuntime")["spec"]["containers"][0]
+    for e in container["env"]:
+        if e["name"] == "RAGSERVE_GUARD_MODEL":
+            e["value"] = "meta-llama/Llama-Guard-3-1B"
+    assert any("RAGSERVE_GUARD_MODEL 'meta-llama/Llama-Guard-3-1B' must be a folder under /mnt/models" in e for e in rule_errors(docs))
+
+
 def test_strict_schema_catches_what_kubernetes_would_silently_drop(rendered, schemas):
     isvc = copy.deepcopy(by_kind(rendered["green"], "InferenceService"))
     isvc["spec"]["predictor"]["minReplica"] = 0  # a typo Kubernetes would prune

@@ -150,19 +150,48 @@ def test_good_cron_expressions_pass(cron):
     assert ModalSettings(reindex_schedule=cron).reindex_schedule == cron
 
 
-def test_the_app_refuses_to_build_on_a_bad_setting():
-    env = {**os.environ, "RAGSERVE_MODAL_GPU": "H1000"}
-    r = subprocess.run(
+def build_apps(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-c", "import modal_apps.serve, modal_apps.reindex"],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_the_app_refuses_to_build_on_a_bad_setting():
+    r = build_apps(RAGSERVE_MODAL_GPU="H1000")
     assert r.returncode != 0
     assert "bad RAGSERVE_* setting for the Modal app" in r.stderr and "unknown Modal GPU 'H1000'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_guard_model_runs_in_the_serving_container_from_the_weights_volume(apps, monkeypatch):
+    """Its engine is a third service of the same Bento in the same container: its weights come
+    from the Volume like the model's, its GPU share is forwarded with the other settings."""
+    serve, _ = apps
+    from bentos.settings import Settings
+    from modal_apps import resources
+    from modal_apps.config import ModalSettings
+
+    monkeypatch.setenv("RAGSERVE_GUARD_MODEL", "meta-llama/Llama-Guard-3-1B")
+    monkeypatch.setenv("RAGSERVE_GUARD_GPU_MEMORY_UTILIZATION", "0.2")
+    env = resources.serving_env(ModalSettings())
+    assert env["RAGSERVE_GUARD_MODEL"] == "meta-llama/Llama-Guard-3-1B" and env["RAGSERVE_GUARD_GPU_MEMORY_UTILIZATION"] == "0.2"
+    with pytest.raises(RuntimeError, match=r"Llama-Guard-3-1B is not in .*\(same RAGSERVE_GUARD_MODEL\)"):
+        serve.model_env(Settings(guard_model="meta-llama/Llama-Guard-3-1B"))
+    assert serve.model_env(Settings(guard_model="embedded")) == {}  # prepared by the guard service itself
+    shared = Settings(device="cuda", guard_model="meta-llama/Llama-Guard-3-1B", guard_gpu_memory_utilization=0.2)
+    assert shared.gpu_memory_utilization == 0.7  # the model's default share makes room
+    with pytest.raises(ValidationError, match="lower RAGSERVE_GPU_MEMORY_UTILIZATION"):
+        Settings(device="cuda", guard_model="meta-llama/Llama-Guard-3-1B", gpu_memory_utilization=0.9, guard_gpu_memory_utilization=0.2)
+
+
+def test_a_guard_model_with_memory_snapshots_is_refused_at_build():
+    r = build_apps(RAGSERVE_MODAL_MEMORY_SNAPSHOT="true", RAGSERVE_GUARD_MODEL="meta-llama/Llama-Guard-3-1B")
+    assert r.returncode != 0 and "does not support a guard engine yet" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_reindex_local_publishes_into_a_folder_and_a_failed_run_keeps_it(apps, tmp_path, monkeypatch):

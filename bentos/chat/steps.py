@@ -26,7 +26,7 @@ from prometheus_client import Histogram
 
 from bentos.chat.completions import answer
 from bentos.chat.prompting import NOT_FOUND, with_sources
-from bentos.guard.rails import Guard, StreamGuard, masked_conversation
+from bentos.guard.rails import Decision, Guard, StreamGuard, masked_conversation
 from bentos.retrieval.retriever import Retrieval, Retriever
 from bentos.retrieval.search import Hit
 from bentos.settings import Settings
@@ -58,6 +58,8 @@ class Turn:
     search: asyncio.Future[Retrieval] | None = None
     index_version: int | None = None  # None: nothing is published yet
     hits: list[Hit] = field(default_factory=list)  # the relevant chunks that go into the prompt
+    screened: str = ""  # the user's message as the input rails passed it (masked)
+    stream_done: bool = False  # the answer steps ended the stream early (a block mid-stream)
 
     @property
     def sources(self) -> list[str]:
@@ -77,11 +79,12 @@ Step = Callable[[Turn], Awaitable[Response | None]]
 
 class AnswerStep(Protocol):
     """A step on the model's answer: ``answer`` on a whole one (it may change the body, or return
-    a response that replaces it), ``stream`` gives the filter each streamed event goes through."""
+    a response that replaces it), ``stream`` gives the filter each streamed event goes through
+    (None: the event is dropped; ``turn.stream_done``: the stream ends after it)."""
 
     async def answer(self, turn: Turn, body: dict) -> Response | None: ...
 
-    def stream(self, turn: Turn) -> Callable[[dict], Awaitable[dict]]: ...
+    def stream(self, turn: Turn) -> Callable[[dict], Awaitable[dict | None]]: ...
 
 
 def log_retrieval(request_id: str | None, found: Retrieval) -> None:
@@ -100,10 +103,10 @@ def log_retrieval(request_id: str | None, found: Retrieval) -> None:
     )
 
 
-def refusal(guard: Guard, turn: Turn, rail: str) -> Response:
+def refusal(guard: Guard, turn: Turn, decision: Decision) -> Response:
     """A blocked request still gets a normal completion: a short refusal, finish_reason
-    content_filter, and which rail blocked it."""
-    return turn.answer(guard.refusal, "content_filter", citations=[], guardrails={"blocked_by": rail})
+    content_filter, and which rail blocked it (with the guard model's categories)."""
+    return turn.answer(guard.refusal, "content_filter", citations=[], guardrails=decision.refusal_details)
 
 
 class EmbedQuery:
@@ -128,7 +131,8 @@ class InputRails:
     async def __call__(self, turn: Turn) -> Response | None:
         checked = await self.guard.check_input(turn.query, turn.vector)
         if checked.blocked_by:
-            return refusal(self.guard, turn, checked.blocked_by)
+            return refusal(self.guard, turn, checked)
+        turn.screened = checked.text
         turn.payload["messages"] = masked_conversation(self.guard, turn.payload["messages"], checked.text)
         return None
 
@@ -153,7 +157,7 @@ class RetrievalRails:
             return None
         screened = await self.guard.check_retrieval([h.text for h in turn.hits], [h.vector for h in turn.hits])
         if screened.blocked_by:
-            return refusal(self.guard, turn, screened.blocked_by)
+            return refusal(self.guard, turn, screened)
         turn.hits = [turn.hits[i] for i in screened.kept]
         return None
 
@@ -173,30 +177,32 @@ class Ground:
 
 
 class OutputRails:
-    """Masking (as the text streams) and citations, per choice; the answer the client's fixed
-    format asks for is only masked."""
+    """Masking (as the text streams), moderation by the guard model where there is one, and
+    citations, per choice; the answer the client's fixed format asks for is only masked."""
 
-    def __init__(self, guard: Guard):
-        self.guard = guard
+    def __init__(self, guard: Guard, stream_every_tokens: int):
+        self.guard, self.every_tokens = guard, stream_every_tokens
 
     async def answer(self, turn: Turn, body: dict) -> Response | None:
         for choice in body.get("choices", []):
             message = choice.get("message") or {}
             content = message.get("content")
-            checked = await self.guard.check_output(content or "", turn.sources, turn.req.format_fixed)
+            checked = await self.guard.check_output(content or "", turn.sources, turn.screened, turn.req.format_fixed)
             if checked.blocked_by:
-                return refusal(self.guard, turn, checked.blocked_by)
+                return refusal(self.guard, turn, checked)
             if content is not None or checked.text:  # a tool call's null content stays null
                 choice["message"] = {**message, "content": checked.text}
         return None
 
-    def stream(self, turn: Turn) -> Callable[[dict], Awaitable[dict]]:
-        rails = StreamGuard(self.guard, turn.sources, turn.req.format_fixed)
+    def stream(self, turn: Turn) -> Callable[[dict], Awaitable[dict | None]]:
+        rails = StreamGuard(self.guard, turn.sources, turn.screened, turn.req.format_fixed, self.every_tokens)
 
-        async def each(event: dict) -> dict:
+        async def each(event: dict) -> dict | None:
             if not event.get("choices"):
                 return event
-            return {**event, "choices": [await rails.choice(c) for c in event["choices"]]}
+            choices = [c for c in [await rails.choice(c) for c in event["choices"]] if c is not None]
+            turn.stream_done = rails.finished
+            return {**event, "choices": choices} if choices else None
 
         return each
 
@@ -232,8 +238,13 @@ class ModelCall:
                         if first:
                             event, first = {**event, "citations": turn.citations}, False
                         for each in filters:
-                            event = await each(event)
-                    yield sse(event)
+                            if event is not None:
+                                event = await each(event)
+                    if event is not None:
+                        yield sse(event)
+                    if turn.stream_done:  # closing the upstream stream stops the model's generation
+                        yield sse("[DONE]")
+                        break
             finally:
                 await upstream.aclose()
 
@@ -256,7 +267,7 @@ class ChatPath:
             *([RetrievalRails(guard)] if rails else []),
             Ground(),
         ]
-        return cls(steps, ModelCall(llm, [OutputRails(guard)] if rails else []))
+        return cls(steps, ModelCall(llm, [OutputRails(guard, settings.guard_stream_every_tokens)] if rails else []))
 
     async def __call__(self, turn: Turn) -> Response:
         for step in self.steps:

@@ -11,6 +11,7 @@ import numpy as np
 
 from bentos.guard import pii, rules
 from bentos.guard.classifier import PromptClassifier
+from bentos.guard.guard_model import GuardModel
 from bentos.guard.metrics import GUARD_METRICS
 
 log = logging.getLogger("bentos.guard")
@@ -42,8 +43,15 @@ class Handle:
 class Detectors:
     """Registered with NeMo as the ``detectors`` action parameter."""
 
-    def __init__(self, classifier: PromptClassifier, custom: dict[str, Any], ask_model: Callable[[str], Awaitable[str]] | None = None):
+    def __init__(
+        self,
+        classifier: PromptClassifier,
+        custom: dict[str, Any],
+        ask_model: Callable[[str], Awaitable[str]] | None = None,
+        guard_model: GuardModel | None = None,
+    ):
         self.classifier = classifier
+        self.guard_model = guard_model
         self.thresholds = dict(custom.get("thresholds") or {})
         self.chunk_threshold = float(custom.get("chunk_attack_threshold", 0.9))
         self.footer = custom.get("citation_footer", "Sources:")
@@ -56,12 +64,30 @@ class Detectors:
         return masked
 
     def screen_prompt(self, text: str, vector: Handle) -> str | None:
+        return self.rules_verdict(text) or self.classifier_verdict(vector.value)
+
+    def rules_verdict(self, text: str) -> str | None:
         if rules.injection_match(text):
             return "prompt_injection"
         if rules.harmful_match(text):
             return "harmful_request"
-        label, _ = self.classifier.verdict(vector.value, self.thresholds)
+        return None
+
+    def classifier_verdict(self, vector: np.ndarray) -> str | None:
+        label, _ = self.classifier.verdict(vector, self.thresholds)
         return {"attack": "jailbreak", "harmful": "harmful_request"}.get(label)
+
+    async def parts(self, text: str, vector: np.ndarray) -> dict[str, str | None]:
+        """Each input rail's own verdict on the (masked) text, for evaluations that report every
+        part alone: what the rules, the classifier and the guard model each would block."""
+        out = {"rules": self.rules_verdict(text), "classifier": self.classifier_verdict(vector)}
+        if self.guard_model is not None:
+            try:
+                out["guard_model"] = await self.guard_model_check("input", text)
+            except Exception as e:  # counted as the rail counts it: refused (fail closed)
+                log.warning("guard model failed", extra={"fields": {"error": f"{type(e).__name__}: {e}"}})
+                out["guard_model"] = "guard_model_error"
+        return out
 
     def screen_chunks(self, chunks: Handle) -> list[int]:
         """Indexes of the chunks to keep: a chunk that instructs the model is an indirect
@@ -92,3 +118,11 @@ class Detectors:
             raise RuntimeError("self-check rails are on but no model is connected to ask")
         answer = await self.ask_model(SELF_CHECK_PROMPTS[stage].format(text=text))
         return f"self_check_{stage}" if answer.strip().lower().startswith("yes") else None
+
+    async def guard_model_check(self, stage: str, user: str, answer: str | None = None) -> str | None:
+        """``guard_model:<categories>`` when the guard model finds the turn unsafe (the gateway
+        splits it into the rail and its categories), None when safe; raises when it cannot tell."""
+        if self.guard_model is None:
+            raise RuntimeError("the guard-model rail is on but no guard model is connected")
+        verdict = await self.guard_model.verdict(stage, user, answer)
+        return None if verdict.safe else f"guard_model:{','.join(verdict.categories)}"

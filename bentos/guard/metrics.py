@@ -10,7 +10,12 @@ class GuardMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.blocked = Counter("ragserve_guardrail_blocked", "Requests refused, by the rail that refused them.", ["rail"], registry=r)
+        self.blocked = Counter(
+            "ragserve_guardrail_blocked",
+            "Requests refused, by the rail that refused them (and the guard model's hazard categories, comma-joined).",
+            ["rail", "category"],
+            registry=r,
+        )
         self.masked = Counter(
             "ragserve_guardrail_pii_masked", "Personal data items masked, by stage and kind.", ["stage", "kind"], registry=r
         )
@@ -19,6 +24,16 @@ class GuardMetrics:
             "ragserve_guardrail_citations_added", "Answers from sources that cited none, given a source list.", registry=r
         )
         self.errors = Counter("ragserve_guardrail_errors", "Rail failures (failed closed), by stage.", ["stage"], registry=r)
+        self.guard_model_verdicts = Counter(
+            "ragserve_guard_model_verdicts", "Guard-model verdicts, by stage (input, output, stream).", ["stage", "verdict"], registry=r
+        )
+        self.guard_model_seconds = Histogram(
+            "ragserve_guard_model_seconds",
+            "Time for one guard-model verdict, by stage.",
+            ["stage"],
+            registry=r,
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+        )
         self.seconds = Histogram(
             "ragserve_guardrail_seconds",
             "Time in the rails, by stage.",

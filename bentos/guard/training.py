@@ -179,17 +179,26 @@ def summarise(results: list[tuple[str, str | None, float]]) -> dict:
 
 async def evaluate(guard, embedder, prompts: list[tuple[str, str, str]], progress=None) -> dict:
     """Each prompt through the input rails as the gateway runs them (embedding, then the NeMo
-    input flow); rail time excludes the embedding, which retrieval needs anyway."""
+    input flow); rail time excludes the embedding, which retrieval needs anyway. Also each part
+    alone on the masked prompt (``parts``): the rules, the classifier, and the guard model when
+    the guard has one, so a figure always says which part produced it."""
     results: dict[str, list] = {}
+    parts: dict[str, list] = {}
     vectors = embedder.embed([p for p, _, _ in prompts], batch_size=64)
     for (prompt, label, source), vector in zip(prompts, vectors):
         t0 = time.perf_counter()
         d = await guard.check_input(prompt, vector)
         results.setdefault(source, []).append((label, d.blocked_by, (time.perf_counter() - t0) * 1000))
+        for part, verdict in (await guard.detectors.parts(guard.mask(prompt), vector)).items():
+            parts.setdefault(part, []).append((label, verdict, 0.0))
         if progress:
             progress.update(1)
     everything = [r for rs in results.values() for r in rs]
-    return {"all": summarise(everything), "by_source": {k: summarise(v) for k, v in sorted(results.items())}}
+    return {
+        "all": summarise(everything),
+        "by_source": {k: summarise(v) for k, v in sorted(results.items())},
+        "parts": {k: {key: v for key, v in summarise(rows).items() if not key.startswith("rail_ms")} for k, rows in parts.items()},
+    }
 
 
 def holdout_rows(held: list[Example]) -> list[dict]:

@@ -165,13 +165,22 @@ def eval_retrieval_cmd(squad: Path, db: str | None, json_out: str | None) -> Non
 
 @eval_group.command("guardrails")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--guard-model",
+    "guard_url",
+    metavar="URL",
+    help="A served guard model (OpenAI-compatible, e.g. `vllm serve meta-llama/Llama-Guard-3-1B`): its rail runs too.",
+)
+@click.option("--guard-model-name", help="The model name that URL serves (default: the first of its /v1/models).")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
-def eval_guardrails_cmd(file: Path, json_out: str | None) -> None:
+def eval_guardrails_cmd(file: Path, guard_url: str | None, guard_model_name: str | None, json_out: str | None) -> None:
     """Run each prompt of FILE (CSV or JSONL with `prompt` and `label` = safe/unsafe, optional
     `source`) through the gateway's input rails and report the block rate on unsafe prompts, the
-    false-positive rate on safe ones and rail latency p50/p95, overall and per source.
+    false-positive rate on safe ones and rail latency p50/p95, overall and per source; then each
+    part alone (rules, classifier, guard model).
 
     e.g. ragserve eval guardrails ../shared/eval/xstest_prompts.csv
+         ragserve eval guardrails my_prompts.jsonl --guard-model http://127.0.0.1:8001
     """
     import asyncio
     import json
@@ -185,7 +194,7 @@ def eval_guardrails_cmd(file: Path, json_out: str | None) -> None:
         prompts = read_labelled(file)
     except TrainingDataError as e:
         raise click.ClickException(str(e)) from None
-    guard, embedder = load_guard(settings)
+    guard, embedder = load_guard(settings, guard_model_at(settings, guard_url, guard_model_name) if guard_url else None)
     with tqdm(total=len(prompts), desc="input rails", unit="prompt") as bar:
         result = asyncio.run(evaluate(guard, embedder, prompts, bar))
     print_guard_report(result)
@@ -232,24 +241,50 @@ def eval_pii_cmd(squad: Path, max_altered: float, json_out: str | None) -> None:
         Path(json_out).write_text(json.dumps(result, indent=2))
 
 
-def load_guard(settings: Settings):
+def load_guard(settings: Settings, guard_model=None):
     from bentos.guard.rails import Guard
     from bentos.retrieval.embedder import embedder_for
 
     try:
-        return Guard(settings), embedder_for(settings)
+        return Guard(settings, guard_model=guard_model), embedder_for(settings)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
 
 
+def guard_model_at(settings: Settings, url: str, name: str | None):
+    """The guard-model rail against a served guard engine; its name read from /v1/models if not given."""
+    import httpx
+
+    from bentos.guard.guard_model import FORMATS, GuardModel
+    from bentos.web.relay import http_client
+
+    url = url.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {settings.api_key_value}"} if settings.api_key_value else {}
+    if name is None:
+        try:
+            r = httpx.get(f"{url}/v1/models", headers=headers, timeout=10)
+            r.raise_for_status()
+            name = r.json()["data"][0]["id"]
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+            raise click.ClickException(f"cannot list the models at {url}/v1/models ({e}): give --guard-model-name") from None
+    client = http_client(url, settings.guard_timeout_s)
+    client.headers.update(headers)
+    return GuardModel(client, name, FORMATS[settings.guard_format], settings.guard_timeout_s)
+
+
 def print_guard_report(result: dict) -> None:
-    rows = [("all", result["all"]), *result["by_source"].items()]
-    click.echo(f"{'source':<32}{'unsafe':>7}{'blocked':>9}{'safe':>6}{'false +':>9}{'p50 ms':>8}{'p95 ms':>8}")
-    for name, r in rows:
+    def row(name: str, r: dict) -> str:
         blocked = "-" if r["block_rate_unsafe"] is None else f"{r['block_rate_unsafe']:.1%}"
         fp = "-" if r["false_positive_rate_safe"] is None else f"{r['false_positive_rate_safe']:.1%}"
-        click.echo(f"{name:<32}{r['unsafe']:>7}{blocked:>9}{r['safe']:>6}{fp:>9}{r['rail_ms_p50']:>8}{r['rail_ms_p95']:>8}")
+        ms = f"{r['rail_ms_p50']:>8}{r['rail_ms_p95']:>8}" if "rail_ms_p50" in r else ""
+        return f"{name:<32}{r['unsafe']:>7}{blocked:>9}{r['safe']:>6}{fp:>9}{ms}"
+
+    click.echo(f"{'source':<32}{'unsafe':>7}{'blocked':>9}{'safe':>6}{'false +':>9}{'p50 ms':>8}{'p95 ms':>8}")
+    for name, r in [("all", result["all"]), *result["by_source"].items()]:
+        click.echo(row(name, r))
     click.echo("blocked by: " + ", ".join(f"{k} {v}" for k, v in sorted(result["all"]["blocked_by"].items())))
+    for part, r in result.get("parts", {}).items():
+        click.echo(row(f"{part} alone", r))
 
 
 @main.group()

@@ -21,11 +21,21 @@ def samples(text: str) -> Iterator[Sample]:
         yield from family.samples
 
 
-def only_engine_metrics(text: str) -> str:
-    """vLLM's metric families (``vllm:*``); its process/GC ones would clash with BentoML's."""
-    keep = []
-    for line in text.splitlines():
-        name = line.split(" ", 3)[2] if line.startswith("# ") and line.count(" ") >= 2 else line
-        if name.startswith("vllm:"):
-            keep.append(line)
-    return "\n".join(keep) + ("\n" if keep else "")
+def only_engine_metrics(*texts: str) -> str:
+    """vLLM's metric families (``vllm:*``) of one or more engines, each family once with all the
+    engines' samples (their ``model_name`` label tells them apart): the text format allows a
+    family's HELP and TYPE once, with its samples together. vLLM's process/GC families would
+    clash with BentoML's and are left out."""
+    families: dict[str, tuple[list[str], list[str]]] = {}
+    for text in texts:
+        family = None
+        for line in text.splitlines():
+            if line.startswith("# "):
+                parts = line.split(" ", 3)
+                family = parts[2] if len(parts) > 2 else None
+                if family and family.startswith("vllm:") and line not in families.setdefault(family, ([], []))[0]:
+                    families[family][0].append(line)
+            elif family and family.startswith("vllm:") and line.strip():
+                families[family][1].append(line)
+    lines = [line for header, samples in families.values() for line in header + samples]
+    return "\n".join(lines) + ("\n" if lines else "")

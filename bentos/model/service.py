@@ -1,0 +1,41 @@
+"""What both engine services (the model's and the guard model's) do: start a supervised vLLM
+engine, answer ready only once it has generated, append its metrics, stop it at shutdown."""
+
+from __future__ import annotations
+
+import bentoml
+import httpx
+from fastapi import FastAPI
+
+from bentos.model.api import engine_relay
+from bentos.model.engine import Engine, Supervisor
+from bentos.model.store import resolve_model
+from bentos.settings import Settings
+from bentos.web.heap import keep_rss_level
+from bentos.web.metrics import only_engine_metrics
+from bentos.web.service import check_worker_socket
+
+
+class EngineService:
+    def start_engine(self, settings: Settings, app: FastAPI) -> None:
+        check_worker_socket(settings)
+        keep_rss_level(settings.heap_trim_s)
+        self.engine = Engine(settings, resolve_model(settings))
+        Supervisor(self.engine).start()
+        self.client = engine_relay(self.engine, settings)
+        app.state.engine = self.client
+
+    async def __is_ready__(self) -> bool:
+        return await self.engine.is_ready(self.client.http)
+
+    async def __metrics__(self, content: str) -> str:
+        try:
+            r = await self.client.http.get("/metrics", timeout=5)
+            return content + only_engine_metrics(r.text)
+        except httpx.HTTPError:
+            return content  # engine down or starting: /readyz says so; metrics still answer
+
+    @bentoml.on_shutdown
+    async def shutdown(self) -> None:
+        self.engine.stop()
+        await self.client.http.aclose()
