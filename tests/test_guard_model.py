@@ -101,7 +101,7 @@ def test_only_the_llama_guard_3_format_ships():
 
 def test_an_unsafe_message_is_refused_with_its_categories_and_counted(guard, embed, fake):
     before = blocked("guard_model", "S2")
-    text = "Tell me a story [[unsafe:S2]]"
+    text = "How many days of leave do I get? [[unsafe:S2]]"
     d = run(guard.check_input(text, embed(text)))
     assert (d.blocked_by, d.categories) == ("guard_model", ["S2"])
     assert d.refusal_details == {"blocked_by": "guard_model", "categories": ["S2"]}

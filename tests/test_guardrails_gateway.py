@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from bentos.web.metrics import samples
 from conftest import CORPUS, build_index, log_lines
 
 pytestmark = pytest.mark.stack
@@ -24,7 +25,8 @@ def metric(stack, series: str) -> float:
 
 
 def blocked_count(stack, rail: str) -> float:
-    return metric(stack, f'ragserve_guardrail_blocked_total{{rail="{rail}",category=""}}')
+    text = httpx.get(f"{stack.url}/metrics", timeout=10).text
+    return sum(s.value for s in samples(text) if s.name == "ragserve_guardrail_blocked_total" and s.labels.get("rail") == rail)
 
 
 def test_blocked_request_gets_a_refusal_in_openai_shape_and_is_counted(stack):

@@ -1,8 +1,10 @@
 """A prompt classifier over the embeddings the gateway already computes for retrieval.
 
-Logistic regression on all-MiniLM-L6-v2 sentence vectors, three classes: benign, attack
-(jailbreaks and prompt injection) and harmful (requests for dangerous or abusive help).
-Scoring is one 3x384 matrix product, so the input rail costs microseconds, not an LLM call.
+Three classes on all-MiniLM-L6-v2 sentence vectors: benign, attack (jailbreaks and prompt
+injection) and harmful (requests for dangerous or abusive help). The model is a logistic
+regression or a small multilayer perceptron, whichever does best on the validation split
+(training.py); either way scoring is two or three small matrix products, so the input rail costs
+microseconds, not an LLM call.
 """
 
 from __future__ import annotations
@@ -14,20 +16,37 @@ from pathlib import Path
 import numpy as np
 
 LABELS = ("benign", "attack", "harmful")
-FORMAT = 1
+FORMAT = 2
+# The candidates training chooses from on the validation split: name -> scikit-learn model.
+CANDIDATES = {
+    "logistic regression": lambda: _sklearn("LogisticRegression", C=4.0, class_weight="balanced", max_iter=5000),
+    "MLP 256": lambda: _sklearn("MLPClassifier", hidden_layer_sizes=(256,), alpha=1e-2, max_iter=400, early_stopping=True, random_state=0),
+    "MLP 512-128": lambda: _sklearn(
+        "MLPClassifier", hidden_layer_sizes=(512, 128), alpha=1e-3, max_iter=400, early_stopping=True, random_state=0
+    ),
+}
+
+
+def _sklearn(name: str, **kw):
+    from sklearn import linear_model, neural_network
+
+    return getattr(linear_model if name == "LogisticRegression" else neural_network, name)(**kw)
 
 
 @dataclass
 class PromptClassifier:
-    coef: np.ndarray  # (len(LABELS), dim)
-    intercept: np.ndarray  # (len(LABELS),)
+    layers: list[tuple[np.ndarray, np.ndarray]]  # (weights (in, out), bias (out,)), ReLU between
     thresholds: dict[str, float]  # probability at or above which a label blocks
     meta: dict = field(default_factory=dict)
 
     def probabilities(self, vectors: np.ndarray) -> np.ndarray:
-        logits = np.atleast_2d(vectors) @ self.coef.T + self.intercept
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
+        h = np.atleast_2d(vectors)
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0)
+        h -= h.max(axis=1, keepdims=True)
+        p = np.exp(h)
         return p / p.sum(axis=1, keepdims=True)
 
     def verdict(self, vector: np.ndarray, thresholds: dict[str, float] | None = None) -> tuple[str | None, dict[str, float]]:
@@ -40,9 +59,8 @@ class PromptClassifier:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(
-            tmp, coef=self.coef, intercept=self.intercept, meta=json.dumps({"format": FORMAT, "thresholds": self.thresholds, **self.meta})
-        )
+        arrays = {f"{kind}{i}": a for i, (w, b) in enumerate(self.layers) for kind, a in (("w", w), ("b", b))}
+        np.savez(tmp, meta=json.dumps({"format": FORMAT, "thresholds": self.thresholds, **self.meta}), **arrays)
         tmp.replace(path)
 
     @classmethod
@@ -58,16 +76,18 @@ class PromptClassifier:
                 raise ValueError(
                     f"{path} has format {meta.get('format')}, this version reads {FORMAT}: run `ragserve guardrails train` again"
                 )
-            return cls(z["coef"], z["intercept"], meta.pop("thresholds"), meta)
+            layers = [(z[f"w{i}"], z[f"b{i}"]) for i in range(sum(1 for k in z.files if k.startswith("w")))]
+        return cls(layers, meta.pop("thresholds"), meta)
 
 
-def fit(vectors: np.ndarray, labels: list[str], c: float = 4.0) -> PromptClassifier:
-    from sklearn.linear_model import LogisticRegression
-
+def fit(vectors: np.ndarray, labels: list[str], candidate: str = "logistic regression") -> PromptClassifier:
     y = np.array([LABELS.index(label) for label in labels])
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
-    model.fit(vectors, y)
-    return PromptClassifier(model.coef_.astype(np.float32), model.intercept_.astype(np.float32), {k: 0.5 for k in LABELS[1:]})
+    model = CANDIDATES[candidate]().fit(vectors, y)
+    if hasattr(model, "coefs_"):  # an MLP: its layers as they are
+        layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in zip(model.coefs_, model.intercepts_)]
+    else:
+        layers = [(model.coef_.T.astype(np.float32), model.intercept_.astype(np.float32))]
+    return PromptClassifier(layers, {k: 0.5 for k in LABELS[1:]}, {"model": candidate})
 
 
 def choose_thresholds(clf: PromptClassifier, vectors: np.ndarray, labels: list[str], max_fp: float) -> dict[str, float]:

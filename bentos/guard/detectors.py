@@ -64,7 +64,7 @@ class Detectors:
         return masked
 
     def screen_prompt(self, text: str, vector: Handle) -> str | None:
-        return self.rules_verdict(text) or self.classifier_verdict(vector.value)
+        return self.rules_verdict(text) or self.classifier_verdict(text, vector.value)
 
     def rules_verdict(self, text: str) -> str | None:
         if rules.injection_match(text):
@@ -73,14 +73,16 @@ class Detectors:
             return "harmful_request"
         return None
 
-    def classifier_verdict(self, vector: np.ndarray) -> str | None:
+    def classifier_verdict(self, text: str, vector: np.ndarray) -> str | None:
+        if len(text.split()) < self.classifier.meta.get("min_words", 1):  # chosen on validation (training.py)
+            return None
         label, _ = self.classifier.verdict(vector, self.thresholds)
         return {"attack": "jailbreak", "harmful": "harmful_request"}.get(label)
 
     async def parts(self, text: str, vector: np.ndarray) -> dict[str, str | None]:
         """Each input rail's own verdict on the (masked) text, for evaluations that report every
         part alone: what the rules, the classifier and the guard model each would block."""
-        out = {"rules": self.rules_verdict(text), "classifier": self.classifier_verdict(vector)}
+        out = {"rules": self.rules_verdict(text), "classifier": self.classifier_verdict(text, vector)}
         if self.guard_model is not None:
             try:
                 out["guard_model"] = await self.guard_model_check("input", text)

