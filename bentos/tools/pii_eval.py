@@ -20,10 +20,10 @@ import json
 import random
 import re
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from bentos.guard import pii
+from bentos.guard.training import TrainingDataError, packaged
 
 THRESHOLDS = (0.05, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -72,12 +72,9 @@ class PiiEvalError(RuntimeError):
 
 def evaluator_data() -> Path:
     try:
-        root = Path(metadata.distribution("presidio-evaluator").locate_file("presidio_evaluator/data_generator/raw_data"))
-    except metadata.PackageNotFoundError:
-        raise PiiEvalError(
-            "presidio-evaluator is not installed: `uv pip install --no-deps presidio-evaluator==0.3.2` (make setup does)"
-        ) from None
-    return root
+        return packaged("presidio-evaluator==0.3.2", "presidio_evaluator/data_generator/raw_data")
+    except TrainingDataError as e:
+        raise PiiEvalError(str(e)) from None
 
 
 def _split(key: str) -> str:
