@@ -82,7 +82,7 @@ def blocked(rail: str, category: str) -> float:
 
 @pytest.mark.parametrize(
     ("text", "verdict"),
-    [("safe", Verdict(True)), ("unsafe\nS2", Verdict(False, ("S2",))), (" unsafe\nS9,S1 \n", Verdict(False, ("S1", "S9")))],
+    [("safe", Verdict(True)), ("unsafe\nS2", Verdict(False, ("S2",))), (" unsafe\nS10,S9,S1 \n", Verdict(False, ("S1", "S9", "S10")))],
 )
 def test_llama_guard_answers_parse(text, verdict):
     assert LLAMA_GUARD_3.parse(text) == verdict

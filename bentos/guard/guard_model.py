@@ -51,9 +51,9 @@ class GuardFormat:
         if lines[:1] == ["safe"]:
             return Verdict(True)
         if lines[:1] == ["unsafe"]:
-            categories = tuple(sorted({c.strip() for c in (lines[1] if len(lines) > 1 else "").split(",") if c.strip()}))
+            categories = {c.strip() for c in (lines[1] if len(lines) > 1 else "").split(",") if c.strip()}
             if all(re.fullmatch(r"S\d{1,2}", c) for c in categories):
-                return Verdict(False, categories)
+                return Verdict(False, tuple(sorted(categories, key=lambda c: int(c[1:]))))
         raise GuardModelError(f"the guard model's answer is not a {self.name} verdict: {text[:80]!r}")
 
 
