@@ -53,7 +53,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The input rail's classifier, trained on this machine from packaged data (about 90 s on two cores).
+# The input rail's classifier, trained on this machine from packaged data (about 2.5 min on two cores).
 $(CLASSIFIER): $(STAMP) bentos/guard/training.py bentos/guard/contrast.py bentos/guard/classifier.py guardrails/eval/false_positives.jsonl
 	$(BIN)/ragserve guardrails train
 
