@@ -18,7 +18,7 @@ import httpx
 import psutil
 
 from bentos.chat.api import create_gateway_app, wire
-from bentos.guard.guard_model import FORMATS, GuardModel
+from bentos.guard.guard_model import GuardModel, guard_at, guard_model_over
 from bentos.guard.rails import Guard
 from bentos.llm_service import LLM
 from bentos.retrieval.retriever import Retriever
@@ -69,28 +69,21 @@ class Gateway:
         _ = self.llm  # resolves the dependency: its url is set from here on
         self.llm_http = dependency_client(type(self).llm.url, settings.request_timeout_s)
         key = settings.api_key_value
-        auth = {"Authorization": f"Bearer {key}"} if key else None
-        self.relay = Relay(self.llm_http, "the model service", headers=auth)
-        self.guard_http = self.guard_client(auth)
-        guard_model = None
-        if self.guard_http is not None:
-            name = "guard" if settings.guard_in_process else settings.guard_model
-            guard_model = GuardModel(self.guard_http, name, FORMATS[settings.guard_format], settings.guard_timeout_s)
+        self.relay = Relay(self.llm_http, "the model service", headers={"Authorization": f"Bearer {key}"} if key else None)
+        self.guard_model = self.connect_guard_model()
         # Loaded here, not per request: a missing classifier or a bad config stops start-up.
-        guard = Guard(settings, self.ask_model, guard_model) if settings.guardrails else None
+        guard = Guard(settings, self.ask_model, self.guard_model) if settings.guardrails else None
         wire(gateway_app, settings, self.retriever, self.relay, guard)
 
-    def guard_client(self, headers: dict | None) -> httpx.AsyncClient | None:
-        """HTTP to the guard model: the guard service beside this one, or RAGSERVE_GUARD_URL."""
+    def connect_guard_model(self) -> GuardModel | None:
+        """The guard model: the guard service beside this one (it serves the name "guard"), or
+        the one at RAGSERVE_GUARD_URL; None when neither is set."""
         if settings.guard_in_process:
-            _ = self.guard
-            client = dependency_client(type(self).guard.url, settings.guard_timeout_s)
-        elif settings.guard_url:
-            client = http_client(settings.guard_url.rstrip("/"), settings.guard_timeout_s)
-        else:
-            return None
-        client.headers.update(headers or {})
-        return client
+            _ = self.guard  # resolves the dependency, as for the model service
+            return guard_model_over(dependency_client(type(self).guard.url, settings.guard_timeout_s), "guard", settings)
+        if settings.guard_url:
+            return guard_model_over(guard_at(settings.guard_url, settings), settings.guard_model, settings)
+        return None
 
     async def ask_model(self, prompt: str) -> str:
         """One short answer from the served model, for the optional self-check rails."""
@@ -126,7 +119,7 @@ class Gateway:
         log.info(f"{READY_MESSAGE}: {url}/v1 answers ({seconds} s after start)", extra={"fields": {"url": f"{url}/v1", "seconds": seconds}})
 
     def engine_services(self) -> list[httpx.AsyncClient]:
-        return [self.llm_http] + ([self.guard_http] if settings.guard_in_process else [])
+        return [self.llm_http] + ([self.guard_model.http] if settings.guard_in_process else [])
 
     async def __is_ready__(self) -> bool:
         """Ready when the model service is (its /readyz says the engine has generated a token),
@@ -151,5 +144,5 @@ class Gateway:
     async def shutdown(self) -> None:
         self._announcer.cancel()  # still waiting if the stack never became ready
         await self.llm_http.aclose()
-        if self.guard_http is not None:
-            await self.guard_http.aclose()
+        if self.guard_model is not None:
+            await self.guard_model.http.aclose()

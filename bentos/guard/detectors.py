@@ -64,14 +64,7 @@ class Detectors:
         return masked
 
     def screen_prompt(self, text: str, vector: Handle) -> str | None:
-        return self.rules_verdict(text) or self.classifier_verdict(text, vector.value)
-
-    def rules_verdict(self, text: str) -> str | None:
-        if rules.injection_match(text):
-            return "prompt_injection"
-        if rules.harmful_match(text):
-            return "harmful_request"
-        return None
+        return rules.verdict(text) or self.classifier_verdict(text, vector.value)
 
     def classifier_verdict(self, text: str, vector: np.ndarray) -> str | None:
         if len(text.split()) < self.classifier.meta.get("min_words", 1):  # chosen on validation (training.py)
@@ -82,7 +75,7 @@ class Detectors:
     async def parts(self, text: str, vector: np.ndarray) -> dict[str, str | None]:
         """Each input rail's own verdict on the (masked) text, for evaluations that report every
         part alone: what the rules, the classifier and the guard model each would block."""
-        out = {"rules": self.rules_verdict(text), "classifier": self.classifier_verdict(text, vector)}
+        out = {"rules": rules.verdict(text), "classifier": self.classifier_verdict(text, vector)}
         if self.guard_model is not None:
             try:
                 out["guard_model"] = await self.guard_model_check("input", text)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from bentos.guard.metrics import GUARD_METRICS
+from bentos.settings import Settings
+from bentos.web.relay import http_client
 
 
 class GuardModelError(RuntimeError):
@@ -91,3 +93,16 @@ class GuardModel:
             GUARD_METRICS.guard_model_seconds.labels(stage=stage).observe(time.perf_counter() - t0)
         GUARD_METRICS.guard_model_verdicts.labels(stage=stage, verdict="safe" if verdict.safe else "unsafe").inc()
         return verdict
+
+
+def guard_model_over(http: httpx.AsyncClient, name: str, settings: Settings) -> GuardModel:
+    """The guard-model rail as the settings configure it, over ``http``: the guard service beside
+    the gateway, or a guard engine served at a URL (``guard_at``)."""
+    if settings.api_key_value:
+        http.headers["Authorization"] = f"Bearer {settings.api_key_value}"
+    return GuardModel(http, name, FORMATS[settings.guard_format], settings.guard_timeout_s)
+
+
+def guard_at(url: str, settings: Settings) -> httpx.AsyncClient:
+    """HTTP to an OpenAI-compatible guard engine at ``url`` (with or without its /v1)."""
+    return http_client(url.rstrip("/").removesuffix("/v1"), settings.guard_timeout_s)

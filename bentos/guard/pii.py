@@ -90,13 +90,17 @@ class Finding:
     score: float = 1.0
 
 
-def find(text: str, threshold: float | None = None) -> list[Finding]:
-    """Findings at or over the threshold; where two overlap, the higher score (then the longer) wins."""
+def analyze(text: str) -> list:
+    """Presidio's findings in ``text``, of every score."""
     if not text.strip():
         return []
-    settings = get_settings()
-    limit = settings.pii_min_score if threshold is None else threshold
-    results = analyzer(settings.pii_spacy_model).analyze(text, language="en", entities=list(KINDS))
+    return analyzer(get_settings().pii_spacy_model).analyze(text, language="en", entities=list(KINDS))
+
+
+def resolve(results: list, threshold: float | None = None) -> list[Finding]:
+    """The findings at or over the threshold (default RAGSERVE_PII_MIN_SCORE); where two overlap,
+    the higher score (then the longer) wins."""
+    limit = get_settings().pii_min_score if threshold is None else threshold
     ranked = sorted((r for r in results if r.score >= limit), key=lambda r: (-r.score, -(r.end - r.start), r.start))
     taken: list[Finding] = []
     for r in ranked:
@@ -106,17 +110,24 @@ def find(text: str, threshold: float | None = None) -> list[Finding]:
     return sorted(taken, key=lambda f: f.start)
 
 
-def mask(text: str, threshold: float | None = None) -> tuple[str, Counter]:
-    """``text`` with each finding replaced by its placeholder, and how many of each kind."""
-    findings = find(text, threshold)
-    if not findings:
-        return text, Counter()
-    out, pos = [], 0
+def find(text: str, threshold: float | None = None) -> list[Finding]:
+    return resolve(analyze(text), threshold)
+
+
+def replace(text: str, findings: list[Finding], start: int = 0) -> tuple[str, Counter]:
+    """``text[start:]`` with each finding (none before ``start``) replaced by its placeholder,
+    and how many of each kind."""
+    out, pos = [], start
     for f in findings:
         out += [text[pos : f.start], PLACEHOLDERS[f.kind]]
         pos = f.end
     out.append(text[pos:])
     return "".join(out), Counter(f.kind for f in findings)
+
+
+def mask(text: str) -> tuple[str, Counter]:
+    """``text`` with each finding replaced by its placeholder, and how many of each kind."""
+    return replace(text, find(text))
 
 
 # A word may be part of something to mask while text can still follow it: the word still being
@@ -152,7 +163,6 @@ class StreamMasker:
     def __init__(self) -> None:
         self.pending = ""
         self.context = ""
-        self.found: Counter = Counter()
 
     def feed(self, piece: str) -> str:
         self.pending += piece
@@ -170,13 +180,6 @@ class StreamMasker:
             return ""
         before = len(self.context)
         text = self.context + ready
-        out, pos = [], before
-        for f in find(text):
-            if f.start < before:  # began in text already released
-                continue
-            out += [text[pos : f.start], PLACEHOLDERS[f.kind]]
-            pos = f.end
-            self.found[f.kind] += 1
-        out.append(text[pos:])
+        masked, _ = replace(text, [f for f in find(text) if f.start >= before], before)  # not what began in released text
         self.context = text[-CONTEXT_CHARS:]
-        return "".join(out)
+        return masked

@@ -20,6 +20,7 @@ from bentos.guard.classifier import PromptClassifier
 from bentos.guard.detectors import Detectors, Handle
 from bentos.guard.guard_model import GuardModel
 from bentos.guard.metrics import GUARD_METRICS
+from bentos.guard.pii import StreamMasker
 from bentos.settings import Settings
 
 log = logging.getLogger("bentos.guard")
@@ -61,7 +62,6 @@ class Guard:
         if self.self_check and ask_model is None:
             raise ValueError("RAGSERVE_GUARD_SELF_CHECK=true needs a model to ask")
         self.detectors = Detectors(PromptClassifier.load(settings.classifier_path), custom, ask_model, guard_model)
-        self.guard_model = guard_model is not None
         self.detectors.mask("warm-up", "startup")  # builds Presidio's analyzer now, not on the first request
         self.rails = LLMRails(config)
         self.rails.register_action_param("detectors", self.detectors)
@@ -123,6 +123,11 @@ class Guard:
         }
         return await self._run("output", event, "OutputChecked", "OutputBlocked")
 
+    @property
+    def guard_model(self) -> bool:
+        """A guard model is connected: the flows ask it."""
+        return self.detectors.guard_model is not None
+
     def mask(self, text: str) -> str:
         """Earlier turns of the conversation, which the input flow (last message only) does not see."""
         return self.detectors.mask(text, "history")
@@ -162,8 +167,6 @@ class StreamGuard:
     the text it judged goes out. A stream's text waits at most one window for its verdict."""
 
     def __init__(self, guard: Guard, sources: list[str], prompt: str = "", format_fixed: bool = False, every_tokens: int = 32):
-        from bentos.guard.pii import StreamMasker
-
         self.guard, self.sources, self.prompt, self.format_fixed = guard, sources, prompt, format_fixed
         self.every_tokens = every_tokens
         self.maskers: dict[int, StreamMasker] = {}
@@ -171,7 +174,6 @@ class StreamGuard:
         self.held: dict[int, str] = {}  # masked, waiting for the guard model's verdict
         self.pieces: dict[int, int] = {}  # pieces since the last verdict
         self.cut: set[int] = set()  # choices ended by a block: the rest of their stream is dropped
-        self._new = StreamMasker
 
     @property
     def finished(self) -> bool:
@@ -187,7 +189,7 @@ class StreamGuard:
         i = choice.get("index", 0)
         if i in self.cut:
             return None
-        masker = self.maskers.setdefault(i, self._new())
+        masker = self.maskers.setdefault(i, StreamMasker())
         delta = choice.get("delta") or {}
         text = self.held.pop(i, "") + (masker.feed(delta["content"]) if isinstance(delta.get("content"), str) else "")
         if choice.get("finish_reason"):

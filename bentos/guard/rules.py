@@ -71,3 +71,12 @@ HARMFUL = re.compile(
 def harmful_match(text: str) -> str | None:
     """The first phrase that asks for help with serious harm, or None."""
     return _first(HARMFUL, text)
+
+
+def verdict(text: str) -> str | None:
+    """The rail the rules block ``text`` as (``prompt_injection``, ``harmful_request``), or None."""
+    if injection_match(text):
+        return "prompt_injection"
+    if harmful_match(text):
+        return "harmful_request"
+    return None

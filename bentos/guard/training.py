@@ -106,7 +106,7 @@ def role_play_prompts() -> list[str]:
             continue
         if re.search(r"\b(?:dan|jailbreak|uncensored|unconstrained|unfiltered|evil|unrestricted)\b", path.stem.replace("-", " ")):
             continue
-        if not (rules.injection_match(text) or rules.harmful_match(text)):
+        if rules.verdict(text) is None:
             out.append(text)
     return out
 
@@ -168,7 +168,7 @@ DECONTAMINATE_COSINE = 0.8
 
 
 def train(
-    embedder, squad: Path | None, max_fp: float = 0.02, progress=None, evaluation: list[Path] = ()
+    embedder, squad: Path | None, max_fp: float = 0.02, evaluation: list[Path] = ()
 ) -> tuple[PromptClassifier, list[Example], np.ndarray]:
     """Fit on the train split, choose the thresholds and the shortest prompt the classifier
     judges on the validation split; returns the classifier, the test examples and their vectors.
@@ -185,7 +185,7 @@ def train(
     split = {name: [(e, v) for e, v in keep if e.split == name] for name in ("train", "validation", "test")}
     x = {name: np.stack([v for _, v in rows]) for name, rows in split.items()}
     labels = {name: [e.label for e, _ in rows] for name, rows in split.items()}
-    val_rules = np.array([bool(rules.injection_match(e.text) or rules.harmful_match(e.text)) for e, _ in split["validation"]])
+    val_rules = np.array([rules.verdict(e.text) is not None for e, _ in split["validation"]])
     selection, fitted = {}, {}
     for candidate in CANDIDATES:  # each fitted on train, judged on validation with its own thresholds
         clf = fit(x["train"], labels["train"], candidate)
@@ -195,7 +195,7 @@ def train(
     # The most unsafe validation prompts blocked (with the rules, as the gateway runs them).
     clf = fitted[max(selection, key=lambda c: selection[c]["attack"] + selection[c]["harmful"])]
     counts: dict[str, dict[str, int]] = {}
-    for e in examples:
+    for e, _ in keep:  # what each split really held, after decontamination
         c = counts.setdefault(e.source, {"label": e.label, "train": 0, "validation": 0, "test": 0})
         c[e.split] += 1
     clf.meta = {
@@ -206,7 +206,7 @@ def train(
         "min_words": choose_min_words(clf, [e for e, _ in split["validation"]], x["validation"]),
         "decontaminated": {
             "against": [str(p) for p in evaluation],
-            "dropped": int(sum(n and e.split != "test" for e, n in zip(examples, near))),
+            "dropped": len(examples) - len(keep),
         },
         "embedder": getattr(embedder, "name", "embedded"),
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -290,7 +290,8 @@ async def evaluate(guard, embedder, prompts: list[tuple[str, str, str]], progres
         t0 = time.perf_counter()
         d = await guard.check_input(prompt, vector)
         results.setdefault(source, []).append((label, d.blocked_by, (time.perf_counter() - t0) * 1000))
-        for part, verdict in (await guard.detectors.parts(guard.mask(prompt), vector)).items():
+        masked = d.text if d.blocked_by is None else guard.mask(prompt)  # the flow returns it only when passed
+        for part, verdict in (await guard.detectors.parts(masked, vector)).items():
             parts.setdefault(part, []).append((label, verdict, 0.0))
         if progress:
             progress.update(1)

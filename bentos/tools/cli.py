@@ -255,21 +255,18 @@ def guard_model_at(settings: Settings, url: str, name: str | None):
     """The guard-model rail against a served guard engine; its name read from /v1/models if not given."""
     import httpx
 
-    from bentos.guard.guard_model import FORMATS, GuardModel
-    from bentos.web.relay import http_client
+    from bentos.guard.guard_model import guard_at, guard_model_over
 
     url = url.rstrip("/").removesuffix("/v1")
-    headers = {"Authorization": f"Bearer {settings.api_key_value}"} if settings.api_key_value else {}
     if name is None:
+        key = settings.api_key_value
         try:
-            r = httpx.get(f"{url}/v1/models", headers=headers, timeout=10)
+            r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10)
             r.raise_for_status()
             name = r.json()["data"][0]["id"]
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
             raise click.ClickException(f"cannot list the models at {url}/v1/models ({e}): give --guard-model-name") from None
-    client = http_client(url, settings.guard_timeout_s)
-    client.headers.update(headers)
-    return GuardModel(client, name, FORMATS[settings.guard_format], settings.guard_timeout_s)
+    return guard_model_over(guard_at(url, settings), name, settings)
 
 
 def print_guard_report(result: dict) -> None:

@@ -15,6 +15,7 @@ half, which the choice never saw.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import random
@@ -187,16 +188,24 @@ def _digit_spans_altered(text: str, findings: list[pii.Finding]) -> bool:
     return any(re.search(r"\d", text[f.start : f.end]) for f in findings)
 
 
+# Presidio runs once per text; each threshold only filters its findings.
+_analyzed = functools.lru_cache(maxsize=None)(pii.analyze)
+
+
+def _find(text: str, threshold: float) -> list[pii.Finding]:
+    return pii.resolve(_analyzed(text), threshold)
+
+
 def score(samples: list[Sample], sentences: list[str], threshold: float) -> dict:
     """Share of personal data masked (a span counts when a finding covers most of it), by kind,
     and the share of ordinary sentences whose numbers were altered."""
     caught: dict[str, list[int]] = {}
     for s in samples:
-        findings = pii.find(s.text, threshold)
+        findings = _find(s.text, threshold)
         for kind, start, end in s.spans:
             covered = sum(max(0, min(end, f.end) - max(start, f.start)) for f in findings)
             caught.setdefault(kind, []).append(int(covered >= 0.8 * (end - start)))
-    altered = [_digit_spans_altered(t, pii.find(t, threshold)) for t in sentences]
+    altered = [_digit_spans_altered(t, _find(t, threshold)) for t in sentences]
     total = [x for v in caught.values() for x in v]
     return {
         "threshold": threshold,
