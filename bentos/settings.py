@@ -102,8 +102,10 @@ class Settings(BaseSettings):
     embed_threads: int = Field(1, ge=1, description="Torch threads for embedding (1 is fastest on a shared 2-core box).")
     retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put into the prompt.")
     max_k: int = Field(50, ge=1, description="Largest k /v1/retrieve accepts.")
-    search_candidates: int = Field(50, ge=1, description="Candidates taken from each of vector and full-text search.")
-    fts_weight: float = Field(1.0, ge=0, description="Weight of normalised BM25 against cosine similarity in fusion.")
+    search_candidates: int = Field(100, ge=1, description="Candidates taken from each of vector and full-text search.")
+    fts_weight: float = Field(
+        0.75, ge=0, description="Weight of BM25 (over the best BM25) against cosine similarity (rescaled over the candidates) in fusion."
+    )
     min_similarity: float = Field(
         0.25, ge=-1, le=1, description="Below this best cosine similarity, and with no full-text match, nothing counts as relevant."
     )

@@ -69,11 +69,11 @@ def bench_guardrails(settings: Settings, squad: Path, n: int) -> dict:
     from bentos.retrieval.embedder import embedder_for
     from bentos.retrieval.index import ChunkingConfig, IndexStore
 
-    docs, answerable, _ = load_squad(squad)
+    evalset = load_squad(squad)
     db = tempfile.mkdtemp(prefix="ragserve-bench-guardrails-")
     run = settings.model_copy(update={"db": db})
-    IndexStore(db).reindex(docs, embedder_for(run), ChunkingConfig.from_settings(run))
-    questions = [q for q, _ in answerable][: n + 10]
+    IndexStore(db).reindex(evalset.docs, embedder_for(run), ChunkingConfig.from_settings(run))
+    questions = [q for q, _ in evalset.queries][: n + 10]
     with ExitStack() as stack:
         engine_url, _ = stack.enter_context(plain_vllm(run, resolve_model(run)))
         sides = {}

@@ -24,7 +24,7 @@ from bentos.tools.loadgen import percentile
 
 def squad_corpus(squad: Path, copies: int) -> list[Document]:
     """Real paragraphs, each copy made distinct so nothing is deduplicated or cached."""
-    docs, _, _ = load_squad(squad)
+    docs = load_squad(squad).docs
     return [Document(doc_id=f"{d.doc_id}-{c}", source=d.source, text=f"{d.text} (copy {c})") for c in range(copies) for d in docs]
 
 
@@ -91,11 +91,11 @@ def bench_retrieve(settings: Settings, squad: Path, sizes: list[int], queries: i
     from bentos.chat.api import create_gateway_app
     from bentos.retrieval.retriever import Retriever
 
-    docs, answerable, _ = load_squad(squad)
-    sentences = [s.strip() for d in docs for s in d.text.split(". ") if len(s.split()) > 5]
+    evalset = load_squad(squad)
+    sentences = [s.strip() for d in evalset.docs for s in d.text.split(". ") if len(s.split()) > 5]
     embedder = embedder_for(settings)
     base_vectors = embedder.embed(sentences)
-    questions = [q for q, _ in answerable][:queries]
+    questions = [q for q, _ in evalset.queries][:queries]
     results = {}
     for rows in sizes:
         db = tempfile.mkdtemp(prefix=f"ragserve-bench-retrieve-{rows}-")

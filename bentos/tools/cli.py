@@ -142,25 +142,90 @@ def eval_group() -> None:
 
 
 @eval_group.command("retrieval")
+@click.option("--squad", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A SQuAD-format JSON file.")
 @click.option(
-    "--squad", "squad", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A SQuAD-format JSON file."
+    "--docs",
+    type=click.Path(exists=True, path_type=Path),
+    help="A folder of documents (read as `ragserve index` reads them); needs --queries.",
 )
-@click.option("--db", help="Where to build the evaluation index (default: a temporary folder).")
+@click.option(
+    "--queries",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSONL, one {"query": ..., "gold": [source names], "part": optional} per line; needs --docs.',
+)
+@click.option(
+    "--part",
+    help='Only the queries whose "part" is this: dev (for decisions) or report (for figures no decision saw); '
+    "SQuAD questions get theirs from a hash of their text.",
+)
+@click.option("--db", help="Where to build the evaluation indexes (default: a temporary folder).")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
-def eval_retrieval_cmd(squad: Path, db: str | None, json_out: str | None) -> None:
-    """Index the paragraphs of a SQuAD file and report recall@1, recall@5 and MRR@10 of the gold
-    paragraph for the answerable questions, through the same retrieval the gateway uses."""
+def eval_retrieval_cmd(
+    squad: Path | None, docs: Path | None, queries: Path | None, part: str | None, db: str | None, json_out: str | None
+) -> None:
+    """Index a set's documents and report recall@1, recall@5 and MRR@10 of the gold source,
+    through the same retrieval the gateway uses, next to three LanceDB baselines on whole
+    documents with the same embedder (vector alone, hybrid with RRF, full-text alone).
+
+    \b
+    e.g. ragserve eval retrieval --squad ../shared/eval/squad_v2_dev_subset.json
+         ragserve eval faq-set build/faqs
+         ragserve eval retrieval --docs build/faqs/docs --queries build/faqs/queries.jsonl --part report
+    """
     import json
 
-    from bentos.tools.evaluation import EvalDataError, eval_retrieval
+    from bentos.tools.evaluation import EvalDataError, eval_retrieval, load_generic, load_squad
 
+    if (squad is None) == (docs is None and queries is None):
+        raise click.UsageError("give either --squad FILE or --docs FOLDER with --queries FILE")
+    if squad is None and (docs is None or queries is None):
+        raise click.UsageError("--docs and --queries go together: the documents, and the queries whose gold names them")
     try:
-        result = eval_retrieval(load_settings(), squad, db)
+        evalset = load_squad(squad, part) if squad else load_generic(docs, queries, part)
+        result = eval_retrieval(load_settings(), evalset, db)
     except EvalDataError as e:
         raise click.ClickException(str(e)) from None
-    echo_figures(result, 24)
+    anchors = result.pop("baselines")
+    echo_figures(result, 28)
+    click.echo(f"\n{'retrieval':<28}{'R@1':>8}{'R@5':>8}{'MRR@10':>8}")
+    for name, f in {**anchors, "ragserve (this project)": result}.items():
+        click.echo(f"{name:<28}{f['recall@1']:>8.3f}{f['recall@5']:>8.3f}{f['mrr@10']:>8.3f}")
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2))
+        Path(json_out).write_text(json.dumps({**result, "baselines": anchors}, indent=2))
+
+
+@eval_group.command("faq-set")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--faq",
+    "faqs",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="A FAQ's text version to include (default: the Debian FAQ and the Z shell FAQ, from Debian's debian-faq and zsh-common packages).",
+)
+def eval_faq_set_cmd(out: Path, faqs: tuple[str, ...]) -> None:
+    """Write FAQs as a retrieval evaluation set in OUT: each answer a document (OUT/docs), each
+    question a query with its answer as gold (OUT/queries.jsonl), split into a dev part for
+    decisions and a report part for figures. Then:
+
+    \b
+    ragserve eval retrieval --docs OUT/docs --queries OUT/queries.jsonl --part report
+    """
+    from bentos.tools.devsets import FAQS, faq_set, write_set
+
+    chosen = dict(FAQS)
+    if faqs:
+        if not all("=" in f for f in faqs):
+            raise click.BadParameter("give each as NAME=PATH, e.g. zsh=/usr/share/doc/zsh-common/FAQ.gz", param_hint="--faq")
+        chosen = {name: Path(path) for name, path in (f.split("=", 1) for f in faqs)}
+    try:
+        docs, queries = faq_set(chosen)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    folder, path = write_set(out, docs, queries)
+    parts = {p: sum(q["part"] == p for q in queries) for p in ("dev", "report")}
+    click.echo(f"wrote {len(docs)} documents to {folder} and {len(queries)} queries to {path}")
+    click.echo(f"parts: {parts['dev']} dev (for decisions), {parts['report']} report (for figures)")
 
 
 @eval_group.command("guardrails")
