@@ -83,7 +83,11 @@ class Settings(BaseSettings):
     # --- HTTP front ---------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535, validation_alias=AliasChoices("RAGSERVE_PORT", "PORT"))
-    api_key: SecretStr | None = Field(None, description="When set, /v1/* needs 'Authorization: Bearer <key>'.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, /v1/* needs 'Authorization: Bearer <key>'; several keys separated by commas (one per tenant: "
+        "the answer cache keeps them apart). The first is the one the services use between themselves.",
+    )
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body accepted.")
     request_timeout_s: float = Field(
         300, gt=0, description="Longest wait for a response to start (a stream's first bytes), and for each hop to the engine."
@@ -161,6 +165,17 @@ class Settings(BaseSettings):
         description="An installed spaCy pipeline (e.g. en_core_web_lg) whose named entities add names to the personal data "
         "masked; unset: names come from the lexicon recognizer.",
     )
+    # --- answer cache (bentos/chat/cache.py) ----------------------------------------------
+    cache: bool = Field(False, description="A semantic answer cache in the gateway, after the input rails.")
+    cache_min_similarity: float = Field(
+        0.92,
+        ge=0,
+        le=1,
+        description="Cosine between last user messages at or above which a cached answer is served (`ragserve eval cache`).",
+    )
+    cache_max_entries: int = Field(10_000, ge=1, description="Answers kept per replica; the least recently used goes first.")
+    cache_max_bytes: int = Field(64 * 2**20, ge=1024, description="Bytes the cached answers may take per replica.")
+    cache_ttl_s: float = Field(3600, gt=0, description="Seconds a cached answer is served for.")
     log_prompts: bool = Field(
         False, description="Model service logs the messages it sends to the engine (after masking): an audit of what the model receives."
     )
@@ -255,7 +270,11 @@ class Settings(BaseSettings):
 
     @property
     def api_key_value(self) -> str | None:
-        return self.api_key.get_secret_value() if self.api_key else None
+        return self.api_keys[0] if self.api_keys else None
+
+    @property
+    def api_keys(self) -> list[str]:
+        return [k.strip() for k in self.api_key.get_secret_value().split(",") if k.strip()] if self.api_key else []
 
     @property
     def concurrency_limit(self) -> int:

@@ -120,6 +120,7 @@ class ServedStack:
 
 
 CORPUS = Path(__file__).parent / "corpus"
+SECOND_TENANT_PREFIX = "tenant-b-"  # the session stack's second key: RAGSERVE_API_KEY="<key>,tenant-b-<key>"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -237,7 +238,14 @@ def boots(request, tmp_path_factory, nothing_left_running) -> dict[str, Boot]:
     if any(uses(i, "stack") for i in items):
         # The prompt audit log shows what the model received (tests/test_guardrails_gateway.py
         # reads it); small capacity limits make a burst overflow them (tests/test_hostile_input.py).
-        extra = {"RAGSERVE_LOG_PROMPTS": "true", "RAGSERVE_MAX_CONCURRENT_REQUESTS": "16", "RAGSERVE_MAX_QUEUED_REQUESTS": "16"}
+        # The answer cache is on, with a second key as a second tenant (tests/test_answer_cache.py).
+        extra = {
+            "RAGSERVE_LOG_PROMPTS": "true",
+            "RAGSERVE_MAX_CONCURRENT_REQUESTS": "16",
+            "RAGSERVE_MAX_QUEUED_REQUESTS": "16",
+            "RAGSERVE_CACHE": "true",
+            "RAGSERVE_API_KEY": f"{key},{SECOND_TENANT_PREFIX}{key}",
+        }
         started["stack"] = Boot("stack", partial(start_stack, tmp_path_factory.mktemp("stack"), key, extra))
     if any(uses(i, "unguarded_stack") for i in items):
         # Fast boot (no compilation: it does not race the other stack for the compile cache) and

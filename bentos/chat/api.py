@@ -13,6 +13,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from bentos.chat.cache import tenant_of
 from bentos.chat.prompting import last_user_text
 from bentos.chat.steps import ChatPath, Turn, log_retrieval
 from bentos.guard.rails import Guard
@@ -75,7 +76,10 @@ def create_gateway_app(settings: Settings) -> FastAPI:
                 400, "the conversation has no user message with text; the last user message is what is searched", "no_user_message"
             )
         chat: ChatPath = app_state(request, "chat")
-        return await chat(Turn(req, payload, query, settings.model_name, request_id(request), arrived))
+        turn = Turn(
+            req, payload, query, settings.model_name, request_id(request), arrived, tenant=tenant_of(request.headers.get("authorization"))
+        )
+        return await chat(turn)
 
     add_not_found_route(app)
     return app

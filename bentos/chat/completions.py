@@ -12,25 +12,31 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from bentos.web.relay import SSE_HEADERS, sse
 
+ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
-def completion(model: str, content: str, finish_reason: str = "stop", **extra: Any) -> dict:
+
+def completion(model: str, content: str, finish_reason: str = "stop", usage: dict | None = None, **extra: Any) -> dict:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason, "logprobs": None}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "usage": usage or ZERO_USAGE,
         **extra,
     }
 
 
-def completion_chunks(model: str, content: str, finish_reason: str = "stop", **extra: Any) -> Iterator[bytes]:
+def completion_chunks(
+    model: str, content: str | list[str], finish_reason: str = "stop", usage: dict | None = None, **extra: Any
+) -> Iterator[bytes]:
+    """``content`` as one chunk, or as the pieces given."""
     base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
     yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], **extra})
-    yield sse({**base, "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]})
+    for piece in [content] if isinstance(content, str) else content:
+        yield sse({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
     yield sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
-    yield sse({**base, "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
+    yield sse({**base, "choices": [], "usage": usage or ZERO_USAGE})
     yield sse("[DONE]")
 
 

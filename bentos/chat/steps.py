@@ -7,8 +7,9 @@ the answer steps (the output rails) on what comes back, streamed or not:
 
     EmbedQuery -> InputRails -> Retrieve -> RetrievalRails -> Ground -> ModelCall -> OutputRails
 
-A new step (an answer cache, a guard model) is a class beside these with the same call shape,
-put into the list in ``ChatPath.build``.
+With RAGSERVE_CACHE, ``CacheLookup`` follows the input rails and ``CacheStore`` is the last answer
+step (bentos/chat/cache.py). A new step is a class with the same call shape, put into the list in
+``ChatPath.build``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Histogram
 
+from bentos.chat.cache import AnswerCache, CacheLookup, CacheStore
 from bentos.chat.completions import answer
 from bentos.chat.prompting import NOT_FOUND, with_sources
 from bentos.guard.rails import Decision, Guard, StreamGuard, masked_conversation
@@ -60,6 +62,9 @@ class Turn:
     hits: list[Hit] = field(default_factory=list)  # the relevant chunks that go into the prompt
     screened: str = ""  # the user's message as the input rails passed it (masked)
     stream_done: bool = False  # the answer steps ended the stream early (a block mid-stream)
+    tenant: str = ""  # a hash of the credential presented (bentos/chat/cache.py)
+    cache_key: str | None = None  # set when the answer may be cached
+    extra: dict = field(default_factory=dict)  # more top-level fields for the model's answer
 
     @property
     def sources(self) -> list[str]:
@@ -223,7 +228,7 @@ class ModelCall:
             for step in self.answer_steps:
                 if (replaced := await step.answer(turn, body)) is not None:
                     return replaced
-            return JSONResponse({**body, "citations": turn.citations})
+            return JSONResponse({**body, "citations": turn.citations, **turn.extra})
         try:
             upstream = await self.llm.open_stream("/v1/chat/completions", turn.payload)
         except UpstreamError as e:
@@ -236,7 +241,7 @@ class ModelCall:
                 async for event in sse_events(upstream):
                     if isinstance(event, dict):
                         if first:
-                            event, first = {**event, "citations": turn.citations}, False
+                            event, first = {**event, "citations": turn.citations, **turn.extra}, False
                         for each in filters:
                             if event is not None:
                                 event = await each(event)
@@ -260,14 +265,20 @@ class ChatPath:
     @classmethod
     def build(cls, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None) -> ChatPath:
         rails = guard is not None
+        cache = AnswerCache(settings.cache_min_similarity, settings.cache_max_entries, settings.cache_max_bytes, settings.cache_ttl_s)
         steps: list[Step] = [
             EmbedQuery(retriever, settings.retrieve_k),
             *([InputRails(guard)] if rails else []),
+            *([CacheLookup(cache, retriever.reader)] if settings.cache else []),
             Retrieve(),
             *([RetrievalRails(guard)] if rails else []),
             Ground(),
         ]
-        return cls(steps, ModelCall(llm, [OutputRails(guard, settings.guard_stream_every_tokens)] if rails else []))
+        answer_steps: list[AnswerStep] = [
+            *([OutputRails(guard, settings.guard_stream_every_tokens)] if rails else []),
+            *([CacheStore(cache)] if settings.cache else []),  # last: what the user was sent
+        ]
+        return cls(steps, ModelCall(llm, answer_steps))
 
     async def __call__(self, turn: Turn) -> Response:
         for step in self.steps:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from bentos.settings import OFFLINE_ENV, Settings
+from bentos.settings import OFFLINE_ENV, PROJECT_DIR, Settings
 
 for _name, _value in OFFLINE_ENV.items():  # what the user set wins
     os.environ.setdefault(_name, _value)
@@ -23,6 +23,17 @@ def load_settings(**overrides) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:
         raise click.UsageError(f"bad RAGSERVE_* setting:\n{e}") from None
+
+
+def squad_option(help: str, exists: bool = True):
+    """--squad, by default the SQuAD subset in ../shared beside the checkout."""
+    return click.option(
+        "--squad",
+        type=click.Path(exists=exists, dir_okay=False, path_type=Path),
+        default=Path("../shared/eval/squad_v2_dev_subset.json"),
+        show_default=True,
+        help=help,
+    )
 
 
 def echo_figures(figures: dict, width: int = 28) -> None:
@@ -228,6 +239,48 @@ def eval_faq_set_cmd(out: Path, faqs: tuple[str, ...]) -> None:
     click.echo(f"parts: {parts['dev']} dev (for decisions), {parts['report']} report (for figures)")
 
 
+@eval_group.command("cache")
+@squad_option("SQuAD-format file: questions about the same paragraph with different answers are the false-hit pairs.")
+@click.option(
+    "--paraphrases",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=PROJECT_DIR / "infra" / "eval" / "paraphrases.jsonl",
+    show_default=True,
+    help='JSONL of {"a", "b"} questions that mean the same: the true-hit pairs.',
+)
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+def eval_cache_cmd(squad: Path, paraphrases: Path, json_out: str | None) -> None:
+    """False-hit and true-hit rates of the answer cache by similarity threshold: the threshold
+    chosen on the validation half of the SQuAD pairs (false hits at most 0.5%), its figures on the
+    test half, and those of RAGSERVE_CACHE_MIN_SIMILARITY."""
+    import json
+
+    from bentos.retrieval.embedder import embedder_for
+    from bentos.tools.cache_eval import eval_cache
+    from bentos.tools.evaluation import EvalDataError
+
+    settings = load_settings()
+    try:
+        result = eval_cache(embedder_for(settings), squad, paraphrases, settings.cache_min_similarity)
+    except EvalDataError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"SQuAD same-paragraph pairs {result['squad_pairs']}, paraphrase pairs {result['paraphrase_pairs']}")
+    click.echo(f"{'threshold':>10}{'false hits (test)':>20}{'false hits (val)':>18}{'true hits':>11}")
+    for row in result["curve"]:
+        click.echo(
+            f"{row['threshold']:>10.3f}{row['false_hit_rate_test']:>20.2%}{row['false_hit_rate_validation']:>18.2%}"
+            f"{row['true_hit_rate_paraphrases']:>11.1%}"
+        )
+    for name in ("chosen", "configured"):
+        r = result[name]
+        click.echo(
+            f"{name} ({'on validation' if name == 'chosen' else 'RAGSERVE_CACHE_MIN_SIMILARITY'}): {r['threshold']:.3f}  "
+            f"false hits {r['false_hit_rate_test']:.2%} (test)  true hits {r['true_hit_rate_paraphrases']:.1%}"
+        )
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+
+
 @eval_group.command("guardrails")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -268,13 +321,7 @@ def eval_guardrails_cmd(file: Path, guard_url: str | None, guard_model_name: str
 
 
 @eval_group.command("pii")
-@click.option(
-    "--squad",
-    default=Path("../shared/eval/squad_v2_dev_subset.json"),
-    show_default=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="SQuAD-format JSON whose sentences with numbers must stay unaltered.",
-)
+@squad_option("SQuAD-format JSON whose sentences with numbers must stay unaltered.")
 @click.option(
     "--max-altered", default=0.02, show_default=True, type=click.FloatRange(0, 1), help="False-positive budget for the threshold."
 )
@@ -355,13 +402,7 @@ def guardrails() -> None:
 
 
 @guardrails.command("train")
-@click.option(
-    "--squad",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("../shared/eval/squad_v2_dev_subset.json"),
-    show_default=True,
-    help="SQuAD-format file whose questions add benign prompts (skipped with a warning if absent).",
-)
+@squad_option("SQuAD-format file whose questions add benign prompts (skipped with a warning if absent).", exists=False)
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the classifier (default RAGSERVE_GUARD_CLASSIFIER)."
 )
@@ -418,6 +459,31 @@ def guardrails_train(squad: Path, out: Path | None, max_fp: float, evaluation: t
     click.echo(f"wrote {path} and {holdout}")
 
 
+def load_options(command):
+    """--max-tokens, --corpus and --json-out of the benches that load a served stack."""
+    for option in reversed(
+        [
+            click.option(
+                "--max-tokens",
+                default=64,
+                show_default=True,
+                type=click.IntRange(min=1),
+                help="Output tokens per request (fixed: ignore_eos).",
+            ),
+            click.option(
+                "--corpus",
+                type=click.Path(exists=True, path_type=Path),
+                default=Path("docs"),
+                show_default=True,
+                help="Documents indexed for the run.",
+            ),
+            click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print figures measured against a baseline in the same run."""
@@ -426,11 +492,7 @@ def bench() -> None:
 @bench.command("serve")
 @click.option("--requests", "n_requests", default=16, show_default=True, help="Requests per concurrency level (at least 2x the level).")
 @click.option("--concurrency", type=IntList(), default="1,8,32", show_default=True, help="Comma-separated concurrency levels.")
-@click.option("--max-tokens", default=64, show_default=True, help="Output tokens per request (fixed: ignore_eos).")
-@click.option(
-    "--corpus", type=click.Path(exists=True, path_type=Path), default=Path("docs"), show_default=True, help="Documents indexed for the run."
-)
-@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+@load_options
 @click.option("--png-out", type=click.Path(dir_okay=False), help="Also draw tokens/s and TTFT per level as a PNG here.")
 @click.option("--cold", is_flag=True, help="Start each server with an empty compile cache (first-start time).")
 def bench_serve(
@@ -448,6 +510,29 @@ def bench_serve(
         raise click.BadParameter("--requests and --max-tokens must be ≥ 1")
     try:
         run_serve_bench(load_settings(), n_requests, concurrency, max_tokens, json_out, cold, png_out, corpus)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@bench.command("cache")
+@click.option(
+    "--requests",
+    "n_requests",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Requests per round (at least 2x the level).",
+)
+@click.option("--concurrency", type=IntList(), default="1,8", show_default=True, help="Comma-separated concurrency levels.")
+@load_options
+def bench_cache(n_requests: int, concurrency: list[int], max_tokens: int, corpus: Path, json_out: str | None) -> None:
+    """Time to first token and total latency of answer-cache hits against misses, at each
+    concurrency, and the gateway's time before the model on a miss with the cache on against off
+    (the gateway started twice on the same index)."""
+    from bentos.tools.bench_cache import run_cache_bench
+
+    try:
+        run_cache_bench(load_settings(), concurrency, n_requests, max_tokens, corpus, json_out)
     except RuntimeError as e:
         raise click.ClickException(str(e)) from None
 
@@ -474,13 +559,7 @@ def bench_soak(minutes: float, concurrency: int, corpus: Path, json_out: str | N
         raise click.ClickException(f"{summary['errors']} requests failed: {summary['error_kinds']}")
 
 
-SQUAD_OPTION = click.option(
-    "--squad",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=Path("../shared/eval/squad_v2_dev_subset.json"),
-    show_default=True,
-    help="SQuAD-format file whose paragraphs make the corpus.",
-)
+SQUAD_OPTION = squad_option("SQuAD-format file whose paragraphs make the corpus.")
 
 
 @bench.command("guardrails")

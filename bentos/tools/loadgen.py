@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import openai
@@ -51,12 +52,15 @@ class Report:
     itl_p50_ms: float
     itl_p95_ms: float
     errors: list[str]
+    latency_p50_ms: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str | list[dict], max_tokens: int) -> Result:
+async def one_request(
+    client: openai.AsyncOpenAI, model: str, prompt: str | list[dict], max_tokens: int, extra_body: dict | None = None
+) -> Result:
     """``prompt`` is a user message, or a whole conversation."""
     t0 = time.perf_counter()
     first = last = 0.0
@@ -70,7 +74,7 @@ async def one_request(client: openai.AsyncOpenAI, model: str, prompt: str | list
             temperature=0,
             stream=True,
             stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True},  # fixed output length: comparable runs
+            extra_body={"ignore_eos": True, **(extra_body or {})},  # fixed output length: comparable runs
         )
         async for chunk in stream:
             now = time.perf_counter()
@@ -96,7 +100,9 @@ async def run_load(
     max_tokens: int,
     prompts: list | None = None,
     timeout_s: float = 300,
+    extra_body: Callable[[int], dict] | None = None,
 ) -> Report:
+    """``extra_body(i)``: more request fields for the i-th request."""
     prompts = prompts or DEFAULT_PROMPTS
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=timeout_s)
     queue = list(range(n_requests))
@@ -105,7 +111,8 @@ async def run_load(
     async def worker() -> None:
         while queue:
             i = queue.pop()
-            results.append(await one_request(client, model, prompts[i % len(prompts)], max_tokens))
+            more = extra_body(i) if extra_body else None
+            results.append(await one_request(client, model, prompts[i % len(prompts)], max_tokens, more))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, n_requests))))
@@ -127,4 +134,5 @@ async def run_load(
         itl_p50_ms=round(percentile(gaps, 50) * 1000, 1),
         itl_p95_ms=round(percentile(gaps, 95) * 1000, 1),
         errors=sorted({r.error for r in results if not r.ok})[:5],
+        latency_p50_ms=round(percentile([r.latency_s for r in good], 50) * 1000, 1),
     )

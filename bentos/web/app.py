@@ -17,7 +17,7 @@ def openai_app(settings, title: str, description: str, access_logger: str) -> Fa
     app = FastAPI(title=title, description=description)
     install_error_handlers(app)
     app.add_middleware(Backpressure, limit=settings.concurrency_limit, queue=settings.max_queued_requests, wait_s=settings.queue_timeout_s)
-    app.add_middleware(BearerAuth, api_key=settings.api_key_value)
+    app.add_middleware(BearerAuth, api_keys=settings.api_keys)
     app.add_middleware(AccessLog, logger_name=access_logger)
     return app
 

@@ -13,17 +13,19 @@ from bentos.web.metrics import REFUSED
 
 
 class BearerAuth:
-    """ASGI middleware: with a key configured, every request needs ``Authorization: Bearer <key>``."""
+    """ASGI middleware: with keys configured, every request needs ``Authorization: Bearer <key>``
+    with one of them."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None):
+    def __init__(self, app: ASGIApp, api_keys: list[str]):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.expected = [f"Bearer {key}".encode() for key in api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.expected is None or scope["type"] != "http":
+        if not self.expected or scope["type"] != "http":
             return await self.app(scope, receive, send)
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):  # constant time: no timing oracle on the key
+        # constant time per key, every key compared: no timing oracle on the keys
+        if sum(hmac.compare_digest(given, key) for key in self.expected):
             return await self.app(scope, receive, send)
         message = "missing or wrong API key: send 'Authorization: Bearer <RAGSERVE_API_KEY>'"
         response = error_response(401, message, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
