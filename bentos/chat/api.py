@@ -76,9 +76,9 @@ def create_gateway_app(settings: Settings) -> FastAPI:
                 400, "the conversation has no user message with text; the last user message is what is searched", "no_user_message"
             )
         chat: ChatPath = app_state(request, "chat")
-        turn = Turn(
-            req, payload, query, settings.model_name, request_id(request), arrived, tenant=tenant_of(request.headers.get("authorization"))
-        )
+        # with keys, each key is a tenant; without (loopback only), every caller is the same one
+        tenant = tenant_of(request.headers.get("authorization") if settings.api_keys else None)
+        turn = Turn(req, payload, query, settings.model_name, request_id(request), arrived, tenant=tenant)
         return await chat(turn)
 
     add_not_found_route(app)

@@ -4,8 +4,8 @@ answer again, in milliseconds, without retrieval or the model.
 A hit needs everything that could change the answer to match exactly, and only the wording of
 the last user message to be close (cosine of the vectors retrieval computes anyway, at least
 RAGSERVE_CACHE_MIN_SIMILARITY, chosen by `ragserve eval cache`):
-- the tenant (a hash of the API key presented; callers without one share a tenant), so one
-  tenant's answer never reaches another;
+- the tenant (a hash of the API key presented, RAGSERVE_API_KEY taking several; with no key set,
+  loopback only, every caller is one tenant), so one tenant's answer never reaches another;
 - the model and the published index version: a new publication makes every entry unreachable
   (and they are dropped);
 - the conversation before the last user message, system messages included, and every request
@@ -56,7 +56,7 @@ UNSHAPING = {"messages", "stream", "stream_options", "temperature", "cache", "us
 
 
 def tenant_of(authorization: str | None) -> str:
-    """A hash of the presented credential: entries are never shared between two of them."""
+    """A hash of the presented credential (None: the one tenant of a server without keys)."""
     return hashlib.sha256((authorization or "").encode()).hexdigest()[:16]
 
 
