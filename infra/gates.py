@@ -2,8 +2,9 @@
 
 Before traffic: it answers (smoke), it guards and retrieves as well as the frozen eval set asks
 (quality), and it is not slower than the live version measured in the same run (performance).
-While traffic shifts: its error rate and P99 latency from the router's metrics, against the live
-slot's over the same window.
+While traffic shifts: its error rate, and its time to first text, total time and pace from the
+router's metrics (time to headers where only that is measured), against the live slot's over the
+same window.
 """
 
 from __future__ import annotations
@@ -204,32 +205,48 @@ def performance(
 # --- watching a traffic step from metrics ---------------------------------------------------------
 
 
+HISTOGRAMS = {  # SlotCounts field -> the router's histogram
+    "buckets": "ragserve_router_response_seconds",
+    "ttft": "ragserve_router_ttft_seconds",
+    "rate": "ragserve_router_stream_rate",
+    "total": "ragserve_router_total_seconds",
+}
+
+
 @dataclass
 class SlotCounts:
-    """Cumulative counters of one slot: attempts that succeeded, that failed, and the latency
-    histogram of the successful ones (upper bound in seconds -> cumulative count)."""
+    """Cumulative counters of one slot: attempts that succeeded, that failed, and histograms
+    (upper bound -> cumulative count) of the successful ones: time to the response headers
+    (``buckets``), and where the router measures them, a stream's time to first text (``ttft``)
+    and chunks with text per second (``rate``), and a plain answer's total time (``total``)."""
 
     ok: float = 0.0
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
+    ttft: dict[float, float] = field(default_factory=dict)
+    rate: dict[float, float] = field(default_factory=dict)
+    total: dict[float, float] = field(default_factory=dict)
 
     def minus(self, before: SlotCounts) -> SlotCounts:
-        return SlotCounts(
-            self.ok - before.ok, self.errors - before.errors, {le: n - before.buckets.get(le, 0.0) for le, n in self.buckets.items()}
-        )
+        def less(name: str) -> dict[float, float]:
+            mine, theirs = getattr(self, name), getattr(before, name)
+            return {le: n - theirs.get(le, 0.0) for le, n in mine.items()}
+
+        return SlotCounts(self.ok - before.ok, self.errors - before.errors, **{name: less(name) for name in HISTOGRAMS})
 
     @property
     def attempts(self) -> float:
         return self.ok + self.errors
 
-    def quantile(self, q: float) -> float | None:
+    def quantile(self, q: float, histogram: str = "buckets") -> float | None:
         """Like Prometheus' histogram_quantile: linear within the bucket that holds the rank."""
-        bounds = sorted(self.buckets)
-        if not bounds or self.buckets[bounds[-1]] <= 0:
+        buckets = getattr(self, histogram)
+        bounds = sorted(buckets)
+        if not bounds or buckets[bounds[-1]] <= 0:
             return None
-        rank, prev_le, prev_n = q * self.buckets[bounds[-1]], 0.0, 0.0
+        rank, prev_le, prev_n = q * buckets[bounds[-1]], 0.0, 0.0
         for le in bounds:
-            n = self.buckets[le]
+            n = buckets[le]
             if n >= rank:
                 if le == float("inf"):
                     return prev_le
@@ -251,41 +268,62 @@ def router_counts(metrics_text: str) -> dict[str, SlotCounts]:
                 c.ok += s.value
             else:
                 c.errors += s.value
-        elif s.name == "ragserve_router_response_seconds_bucket":
-            c.buckets[float(s.labels["le"])] = s.value
+        else:
+            for name, metric in HISTOGRAMS.items():
+                if s.name == metric + "_bucket":
+                    getattr(c, name)[float(s.labels["le"])] = s.value
     return counts
 
 
 def step_verdict(
-    percent: int, candidate: SlotCounts, live: SlotCounts, max_error_rate: float, max_latency_ratio: float, min_requests: int
+    percent: int,
+    candidate: SlotCounts,
+    live: SlotCounts,
+    max_error_rate: float,
+    max_latency_ratio: float,
+    min_requests: int,
+    min_rate_ratio: float = 0.67,
 ) -> Verdict:
-    """The candidate's error rate and P99 over one step, against the live slot's P99 in the same window."""
+    """The candidate's error rate, and its latency against the live slot's in the same window:
+    where the router measures what users feel, the P99 time to first text of streams, the P99
+    total time of plain answers and the median pace of streams (chunks with text per second);
+    elsewhere (a KServe revision's own metrics) the P99 time to response headers."""
     error_rate = candidate.errors / candidate.attempts if candidate.attempts else 0.0
-    cand_p99, live_p99 = candidate.quantile(0.99), live.quantile(0.99)
-    figures = {
+    figures: dict = {
         "percent": percent,
         "candidate_requests": int(candidate.attempts),
         "candidate_errors": int(candidate.errors),
         "error_rate": round(error_rate, 4),
         "live_requests": int(live.attempts),
-        "candidate_p99_ms": None if cand_p99 is None else round(cand_p99 * 1000, 1),
-        "live_p99_ms": None if live_p99 is None else round(live_p99 * 1000, 1),
     }
+    pairs = {}  # figure -> (candidate's, live's), where both slots have it
+    for name, histogram, q in (("ttft_p99", "ttft", 0.99), ("total_p99", "total", 0.99), ("stream_rate_p50", "rate", 0.5)):
+        c, lv = candidate.quantile(q, histogram), live.quantile(q, histogram)
+        if c is not None and lv is not None:
+            pairs[name] = (c, lv)
+    if not {"ttft_p99", "total_p99"} & set(pairs):
+        c, lv = candidate.quantile(0.99), live.quantile(0.99)
+        if c is not None and lv is not None:
+            pairs["p99"] = (c, lv)
+    for name, (c, lv) in pairs.items():
+        unit, scale = ("", 1) if name == "stream_rate_p50" else ("_ms", 1000)
+        figures[f"candidate_{name}{unit}"], figures[f"live_{name}{unit}"] = round(c * scale, 1), round(lv * scale, 1)
+    gate = f"step {percent}%"
     if candidate.attempts < min_requests:
         return Verdict(
-            f"step {percent}%",
+            gate,
             False,
             figures,
             f"only {int(candidate.attempts)} requests reached the candidate (need {min_requests}): "
             "send traffic or lower --min-step-requests",
         )
     if error_rate > max_error_rate:
-        return Verdict(f"step {percent}%", False, figures, f"error rate {error_rate:.1%} > {max_error_rate:.1%}")
-    if cand_p99 is not None and live_p99 is not None and cand_p99 > max_latency_ratio * live_p99:
-        return Verdict(
-            f"step {percent}%",
-            False,
-            figures,
-            f"P99 {figures['candidate_p99_ms']} ms > {max_latency_ratio}x live's {figures['live_p99_ms']} ms",
-        )
-    return Verdict(f"step {percent}%", True, figures)
+        return Verdict(gate, False, figures, f"error rate {error_rate:.1%} > {max_error_rate:.1%}")
+    for name, (c, lv) in pairs.items():
+        if name == "stream_rate_p50":
+            if c < min_rate_ratio * lv:
+                return Verdict(gate, False, figures, f"streams run at {c:.1f} chunks/s < {min_rate_ratio}x live's {lv:.1f}")
+        elif c > max_latency_ratio * lv:
+            what = {"ttft_p99": "time to first text P99", "total_p99": "total time P99", "p99": "P99"}[name]
+            return Verdict(gate, False, figures, f"{what} {c * 1000:.1f} ms > {max_latency_ratio}x live's {lv * 1000:.1f} ms")
+    return Verdict(gate, True, figures)

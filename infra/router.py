@@ -13,7 +13,9 @@ import contextlib
 import hmac
 import logging
 import random
+import re
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 from prometheus_client import (
@@ -40,6 +42,11 @@ log = logging.getLogger("infra.router")
 NOT_FORWARDED = (HOP_HEADERS - {"content-encoding"}) | {"host", "upgrade"}
 UPSTREAM_HEADER = "x-ragserve-upstream"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# What users feel, compared as ratios of P99s: fine enough that one bucket's width is no verdict.
+FELT_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
+RATE_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
+# A streamed chunk that carries text: `"content": "x...` (the role chunk's empty content does not count).
+TEXT_CHUNK = re.compile(rb'"content":\s*"(?!")')
 
 
 def error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -63,12 +70,54 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.ttft = Histogram(
+            "ragserve_router_ttft_seconds",
+            "Streamed answers: time to the first chunk with text, per slot (the headers come long before it).",
+            ["upstream"],
+            buckets=FELT_BUCKETS,
+            registry=self.registry,
+        )
+        self.stream_rate = Histogram(
+            "ragserve_router_stream_rate",
+            "Streamed answers: chunks with text per second after the first (about tokens/s), per slot.",
+            ["upstream"],
+            buckets=RATE_BUCKETS,
+            registry=self.registry,
+        )
+        self.total = Histogram(
+            "ragserve_router_total_seconds",
+            "Answers not streamed: time to the end of the body, per slot.",
+            ["upstream"],
+            buckets=FELT_BUCKETS,
+            registry=self.registry,
+        )
         self.responses = Counter("ragserve_router_responses", "Responses to clients, by status code.", ["code"], registry=self.registry)
         self.weight = Gauge("ragserve_router_weight_percent", "Percent of requests each slot gets.", ["upstream"], registry=self.registry)
         for slot in SLOTS:  # every series exists from the start, so deltas never miss a first sample
             for outcome in ("ok", "error"):
                 self.attempts.labels(slot, outcome)
             self.latency.labels(slot)
+            self.ttft.labels(slot)
+            self.stream_rate.labels(slot)
+            self.total.labels(slot)
+
+    async def observed(self, body: AsyncIterator[bytes], slot: str, started: float, stream: bool) -> AsyncIterator[bytes]:
+        """``body`` passed on as it is, timed where the user feels it: a stream's first text and
+        its pace after that, or the end of a body that is not streamed."""
+        first, pieces = None, 0
+        async for chunk in body:
+            if stream and (found := len(TEXT_CHUNK.findall(chunk))):
+                now = time.perf_counter()
+                if first is None:
+                    first, found = now, found - 1
+                    self.ttft.labels(slot).observe(now - started)
+                pieces += found
+            yield chunk
+        now = time.perf_counter()
+        if not stream:
+            self.total.labels(slot).observe(now - started)
+        elif first is not None and pieces and now > first:
+            self.stream_rate.labels(slot).observe(pieces / (now - first))
 
 
 def create_router_app(
@@ -80,8 +129,8 @@ def create_router_app(
     client = http_client("", timeout_s)
     expected_admin = f"Bearer {admin_key}".encode() if admin_key else None
 
-    def table() -> Traffic:
-        return store.get()
+    async def table() -> Traffic:
+        return await store.read()
 
     async def attempt(slot: Slot, url: str, request: Request, body: bytes) -> httpx.Response | None:
         """The upstream's response (headers read, body not yet), or None when it failed."""
@@ -113,16 +162,17 @@ def create_router_app(
                 "body_too_large",
             )
         try:
-            t = table()
+            t = await table()
         except LookupError as e:
             return error(503, str(e), "no_routing_table", {"Retry-After": "5"})
         slot: Slot = random.choices(SLOTS, weights=[t.weights[s] for s in SLOTS])[0]
+        started = time.perf_counter()
         upstream = await attempt(slot, t.upstreams[slot], request, body)
         if (upstream is None or upstream.status_code >= 500) and slot != t.live:
             # Nothing has reached the client yet: the live slot answers instead.
             if upstream is not None:
                 await upstream.aclose()
-            slot = t.live
+            slot, started = t.live, time.perf_counter()
             upstream = await attempt(slot, t.upstreams[slot], request, body)
         if upstream is None:
             metrics.responses.labels("502").inc()
@@ -136,7 +186,11 @@ def create_router_app(
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in NOT_FORWARDED}
         headers[UPSTREAM_HEADER] = slot
 
-        return StreamingResponse(body_of(upstream), status_code=upstream.status_code, headers=headers)
+        content = body_of(upstream)
+        if upstream.status_code < 400:
+            stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
+            content = metrics.observed(content, slot, started, stream)
+        return StreamingResponse(content, status_code=upstream.status_code, headers=headers)
 
     def is_admin(request: Request) -> bool:
         if expected_admin is None:
@@ -145,7 +199,7 @@ def create_router_app(
 
     async def get_traffic(request: Request) -> Response:
         try:
-            return JSONResponse(table().model_dump())
+            return JSONResponse((await table()).model_dump())
         except LookupError as e:
             return error(404, str(e), "no_routing_table")
 
@@ -158,7 +212,7 @@ def create_router_app(
             change = await request.json()
             if not isinstance(change, dict):
                 raise ValueError("send a JSON object")
-            current = table().model_dump()
+            current = (await table()).model_dump()
             new = Traffic.model_validate({**current, **change, "upstreams": {**current["upstreams"], **change.get("upstreams", {})}})
         except LookupError:
             try:
@@ -173,7 +227,7 @@ def create_router_app(
 
     async def metrics_route(request: Request) -> Response:
         try:
-            for slot, w in table().weights.items():
+            for slot, w in (await table()).weights.items():
                 metrics.weight.labels(slot).set(w)
         except LookupError:
             pass
@@ -185,7 +239,7 @@ def create_router_app(
     async def readyz(request: Request) -> Response:
         """Ready when the live slot is: the router alone serves nothing."""
         try:
-            t = table()
+            t = await table()
             r = await client.get(t.upstreams[t.live] + "/readyz", timeout=5)
             ok = r.status_code == 200
         except (LookupError, httpx.HTTPError):

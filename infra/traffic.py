@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -74,6 +75,10 @@ class MemoryStore:
     def get(self) -> Traffic:
         return self._traffic
 
+    async def read(self) -> Traffic:
+        """``get`` for the router's handlers (in memory: nothing to wait for)."""
+        return self._traffic
+
     def set(self, traffic: Traffic) -> Traffic:
         with self._lock:
             traffic = traffic.model_copy(update={"revision": self._traffic.revision + 1})
@@ -103,13 +108,26 @@ class DictStore:
         self._read_at = 0.0
 
     def get(self) -> Traffic:
-        now = time.monotonic()
-        if self._cached is None or now - self._read_at >= self.refresh_s:
-            raw = self.d.get(self.KEY)
-            if raw is None:
-                raise LookupError("no routing table yet: run `ragserve promote modal --live-url URL_OF_THE_LIVE_DEPLOYMENT` first")
-            self._cached, self._read_at = Traffic.model_validate_json(raw if isinstance(raw, str) else json.dumps(raw)), now
+        if self._stale():
+            self._keep(self.d.get(self.KEY))
         return self._cached
+
+    async def read(self) -> Traffic:
+        """``get`` for the router's handlers: a modal.Dict is read with its async form
+        (``get.aio``), so a refresh never blocks the event loop that serves every request;
+        anything else with a blocking ``get`` is read on a thread."""
+        if self._stale():
+            aio = getattr(self.d.get, "aio", None)
+            self._keep(await aio(self.KEY) if aio else await asyncio.to_thread(self.d.get, self.KEY))
+        return self._cached
+
+    def _stale(self) -> bool:
+        return self._cached is None or time.monotonic() - self._read_at >= self.refresh_s
+
+    def _keep(self, raw) -> None:
+        if raw is None:
+            raise LookupError("no routing table yet: run `ragserve promote modal --live-url URL_OF_THE_LIVE_DEPLOYMENT` first")
+        self._cached, self._read_at = Traffic.model_validate_json(raw if isinstance(raw, str) else json.dumps(raw)), time.monotonic()
 
     def set(self, traffic: Traffic) -> Traffic:
         current = self.d.get(self.KEY)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -97,6 +99,39 @@ def test_dict_store_is_what_modal_routers_and_promote_share():
     assert json.loads(d["traffic"])["weights"]["green"] == 10
 
 
+class ModalDictLike:
+    """modal.Dict's shape: ``get`` blocks (a network call), ``get.aio`` is its async form."""
+
+    def __init__(self, data: dict):
+        self.data, self.blocking_reads = data, 0
+        outer = self
+
+        class Get:
+            def __call__(self, key, default=None):
+                outer.blocking_reads += 1
+                time.sleep(0.05)
+                return outer.data.get(key, default)
+
+            async def aio(self, key, default=None):
+                await asyncio.sleep(0)
+                return outer.data.get(key, default)
+
+        self.get = Get()
+
+    def __setitem__(self, key, value):
+        self.data[key] = value
+
+
+def test_router_reads_a_modal_dict_without_blocking_its_event_loop(pair):
+    d = ModalDictLike({})
+    DictStore(d).set(Traffic(upstreams={"blue": pair["blue"], "green": pair["green"]}, weights={"blue": 0, "green": 100}))
+    d.blocking_reads = 0
+    with serving(create_router_app(DictStore(d, refresh_s=0), admin=False)) as router:  # re-read on every request
+        assert set(who(router, 5)) == {"green"}
+        assert httpx.get(router + "/-/traffic").json()["weights"] == {"blue": 0, "green": 100}
+    assert d.blocking_reads == 0
+
+
 def test_router_follows_weights_atomically(pair):
     store = MemoryStore(table(pair))
     with serving(create_router_app(store)) as router:
@@ -159,6 +194,63 @@ def test_histogram_quantile_and_step_verdict():
     assert not slow.passed and "P99" in slow.reason
     assert step_verdict(10, c, live, 0.01, 10.0, 1).passed
     assert "only 0 requests" in step_verdict(10, SlotCounts(), live, 0.01, 2.0, 1).reason
+
+
+def paced_upstream(first_s: float, gap_s: float, n: int = 8):
+    """A stand-in gateway whose answers start after ``first_s`` and then come a piece every
+    ``gap_s``: streamed (headers at once, as a real stream's) or whole."""
+
+    async def chat(request: Request):
+        if not (await request.json()).get("stream"):
+            await asyncio.sleep(first_s + n * gap_s)
+            return JSONResponse({"choices": [{"message": {"content": "x" * n}, "finish_reason": "length"}]})
+
+        async def events():
+            yield b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}\n\n'
+            await asyncio.sleep(first_s)
+            for i in range(n):
+                yield f'data: {{"choices": [{{"delta": {{"content": "t{i}"}}}}]}}\n\n'.encode()
+                await asyncio.sleep(gap_s)
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+def step_through_router(live: str, candidate: str, stream: bool, n: int = 8):
+    """``n`` requests to each slot through the router; the step verdict on what it measured."""
+    store = MemoryStore(Traffic(upstreams={"blue": live, "green": candidate}, weights={"blue": 100, "green": 0}))
+    with serving(create_router_app(store)) as router:
+        for weights in ({"blue": 100, "green": 0}, {"blue": 0, "green": 100}):
+            httpx.put(router + "/-/traffic", json={"weights": weights})
+            with ThreadPoolExecutor(n) as pool:  # at once: the stand-ins sleep, they do not compute
+                codes = list(pool.map(lambda _: httpx.post(router + "/v1/chat/completions", json={"stream": stream}, timeout=10), range(n)))
+            assert [r.status_code for r in codes] == [200] * n
+        counts = router_counts(httpx.get(router + "/metrics").text)
+    return counts, step_verdict(100, counts["green"], counts["blue"], 0.01, 2.0, 1, 0.67)
+
+
+def test_step_gates_judge_streams_by_first_text_and_pace_not_by_headers():
+    with (
+        serving(paced_upstream(0.3, 0.02)) as live,
+        serving(paced_upstream(0.3, 0.02)) as same,
+        serving(paced_upstream(0.3, 0.1)) as slow_decoding,
+        serving(paced_upstream(1.2, 0.02)) as slow_start,
+    ):
+        counts, verdict = step_through_router(live, same, stream=True)
+        assert verdict.passed, verdict
+        assert 0.25 < counts["green"].quantile(0.5, "ttft") < 0.6  # the first text, not the headers
+        counts, verdict = step_through_router(live, slow_decoding, stream=True)
+        assert not verdict.passed and "chunks/s" in verdict.reason, verdict
+        # what the step gate saw before: a stream's headers, which come before any text is decoded
+        assert counts["green"].quantile(0.99) < counts["green"].quantile(0.5, "ttft")
+        _, verdict = step_through_router(live, slow_start, stream=True)
+        assert not verdict.passed and "time to first text" in verdict.reason, verdict
+        _, verdict = step_through_router(live, slow_decoding, stream=False)
+        assert not verdict.passed and "total time" in verdict.reason, verdict
+        _, verdict = step_through_router(live, same, stream=False)
+        assert verdict.passed, verdict
 
 
 def test_policy_and_eval_set_refuse_bad_input(tmp_path):
