@@ -19,7 +19,7 @@ import httpx
 from bentos.web.metrics import samples
 
 from .gates import SlotCounts, router_counts
-from .traffic import DictStore, Slot, Traffic
+from .traffic import DictStore, Shadow, Slot, Traffic
 
 
 class BackendError(Exception):
@@ -31,6 +31,8 @@ class Backend(Protocol):
     def shift(self, candidate: Slot, percent: int, url: str | None = None) -> Traffic: ...
     def counts(self) -> dict[str, SlotCounts]: ...
     def describe(self) -> str: ...
+    def shadow(self, candidate: Slot, percent: int) -> Traffic: ...
+    def shadow_pairs(self, since: int) -> list[dict]: ...
 
 
 class RouterAdmin:
@@ -53,7 +55,8 @@ class RouterAdmin:
         return self._call("GET")
 
     def set(self, traffic: Traffic) -> Traffic:
-        return self._call("PUT", {"upstreams": traffic.upstreams, "weights": traffic.weights})
+        shadow = traffic.shadow.model_dump() if traffic.shadow else None
+        return self._call("PUT", {"upstreams": traffic.upstreams, "weights": traffic.weights, "shadow": shadow})
 
 
 class RouterBackend:
@@ -70,6 +73,20 @@ class RouterBackend:
 
     def shift(self, candidate: Slot, percent: int, url: str | None = None) -> Traffic:
         return self.store.set(self.traffic().with_candidate(candidate, percent, url))
+
+    def shadow(self, candidate: Slot, percent: int) -> Traffic:
+        """A copy of ``percent`` of live chat requests to the candidate (0: none)."""
+        t = self.traffic()
+        return self.store.set(t.model_copy(update={"shadow": Shadow(slot=candidate, percent=percent) if percent else None}))
+
+    def shadow_pairs(self, since: int) -> list[dict]:
+        headers = getattr(self.store, "headers", {})  # the local router's admin key
+        try:
+            r = httpx.get(self.metrics_url + "/-/shadow", params={"since": since}, headers=headers, timeout=10)
+            r.raise_for_status()
+        except httpx.HTTPError as e:
+            raise BackendError(f"cannot read the shadow pairs at {self.metrics_url}/-/shadow ({type(e).__name__})") from None
+        return r.json()["pairs"]
 
     def counts(self) -> dict[str, SlotCounts]:
         try:
@@ -163,6 +180,15 @@ class KServeBackend:
 
     def describe(self) -> str:
         return f"KServe inferenceservice/{self.name} in namespace {self.namespace}"
+
+    def shadow(self, candidate: Slot, percent: int) -> Traffic:
+        raise BackendError(
+            "a shadow stage needs the router in front of the revisions (`ragserve router`); "
+            "KServe itself only splits traffic: drop --shadow-seconds"
+        )
+
+    def shadow_pairs(self, since: int) -> list[dict]:
+        return []
 
     def plan(self, steps: list[int]) -> list[str]:
         """The commands a promotion runs, for --dry-run: nothing is sent to the cluster."""

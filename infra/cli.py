@@ -27,13 +27,36 @@ DEFAULT_EVAL = Path(__file__).parent / "eval" / "promotion.jsonl"
 @click.option(
     "--timeout", "timeout_s", default=300.0, show_default=True, envvar="RAGSERVE_ROUTER_TIMEOUT_S", help="Seconds an upstream may take."
 )
-def router(blue: str, green: str | None, host: str, port: int, state: Path | None, timeout_s: float) -> None:
+@click.option(
+    "--shadow-concurrency", default=4, show_default=True, type=click.IntRange(min=1), help="Copies to a shadow slot in flight at once."
+)
+@click.option(
+    "--shadow-queue",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Copies that may wait for one; beyond them a copy is dropped and counted.",
+)
+@click.option("--shadow-keep-text", is_flag=True, help="Keep both answers' text in the shadow pairs too (default: figures only, no text).")
+def router(
+    blue: str,
+    green: str | None,
+    host: str,
+    port: int,
+    state: Path | None,
+    timeout_s: float,
+    shadow_concurrency: int,
+    shadow_queue: int,
+    shadow_keep_text: bool,
+) -> None:
     """A weighted blue-green router in front of two gateway stacks: the stable endpoint clients use.
 
     All traffic goes to blue until `ragserve promote local` moves it. A candidate that fails or
     answers 5xx is retried on the live slot before the client sees anything. GET/PUT /-/traffic
-    reads and sets the weights (PUT needs RAGSERVE_ROUTER_ADMIN_KEY when set); /metrics has
-    per-slot attempts, errors and latency.
+    reads and sets the weights and the shadow slot (PUT needs RAGSERVE_ROUTER_ADMIN_KEY when set):
+    {"shadow": {"slot": "green", "percent": 20}} copies a fifth of live chat requests there, and
+    GET /-/shadow?since=N gives the compared pairs. /metrics has per-slot attempts, errors, time to
+    first text, pace and latency.
     """
     import os
 
@@ -54,7 +77,15 @@ def router(blue: str, green: str | None, host: str, port: int, state: Path | Non
         raise click.BadParameter(str(e)) from None
     setup_service_logging(name="infra")
     click.echo(f"routing {store.get().weights} on http://{host}:{port}", err=True)
-    uvicorn.run(create_router_app(store, admin_key, timeout_s), host=host, port=port, log_level="warning")
+    app = create_router_app(
+        store,
+        admin_key,
+        timeout_s,
+        shadow_concurrency=shadow_concurrency,
+        shadow_queue=shadow_queue,
+        shadow_keep_text=shadow_keep_text,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def policy_options(f):
@@ -86,6 +117,12 @@ def policy_options(f):
         "max_false_positive",
         "min_retrieval_hit",
         "ready_timeout_s",
+        "shadow_s",
+        "shadow_percent",
+        "min_shadow_pairs",
+        "min_refusal_agreement",
+        "min_answer_similarity",
+        "min_citation_overlap",
     ):
         flag = "--" + name.replace("_s", "_seconds").replace("_", "-") if name.endswith("_s") else "--" + name.replace("_", "-")
         options.append(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -327,3 +328,65 @@ def step_verdict(
             what = {"ttft_p99": "time to first text P99", "total_p99": "total time P99", "p99": "P99"}[name]
             return Verdict(gate, False, figures, f"{what} {c * 1000:.1f} ms > {max_latency_ratio}x live's {lv * 1000:.1f} ms")
     return Verdict(gate, True, figures)
+
+
+# --- the shadow stage ----------------------------------------------------------------------------
+
+
+def shadow_verdict(pairs: list[dict], policy) -> Verdict:
+    """The candidate's answers to copies of live requests against live's own (``shadow.py``):
+    its error rate, whether it refuses what live refuses and only that, how alike the answers and
+    their sources are where both answer, and its time to first text and pace against live's."""
+    p = policy
+    n = len(pairs)
+    figures: dict = {"pairs": n}
+    if n < p.min_shadow_pairs:
+        return Verdict(
+            "shadow", False, figures, f"only {n} pairs compared (need {p.min_shadow_pairs}): send traffic or lower --min-shadow-pairs"
+        )
+    errors = sum(1 for x in pairs if x["shadow_status"] != 200 and x["live_status"] == 200)
+    agree = sum(1 for x in pairs if x["live_refused"] == x["shadow_refused"]) / n
+    both = [x for x in pairs if x["live_status"] == x["shadow_status"] == 200 and not x["live_refused"] and not x["shadow_refused"]]
+    streamed = [x for x in pairs if x["live_ttft_ms"] and x["shadow_ttft_ms"]]
+    paced = [x for x in pairs if x["live_rate"] and x["shadow_rate"]]
+
+    def ratio(rows: list[dict], figure: str) -> float | None:
+        """Median of the candidate's figure over live's, over the pairs that have it."""
+        if not rows:
+            return None
+        return round(statistics.median(x[f"shadow_{figure}"] for x in rows) / statistics.median(x[f"live_{figure}"] for x in rows), 3)
+
+    figures.update(
+        error_rate=round(errors / n, 4),
+        refusal_agreement=round(agree, 4),
+        refused_by_live_only=sum(1 for x in pairs if x["live_refused"] and not x["shadow_refused"]),
+        refused_by_candidate_only=sum(1 for x in pairs if x["shadow_refused"] and not x["live_refused"]),
+        answered_by_both=len(both),
+        answer_similarity_p50=round(statistics.median(x["answer_similarity"] for x in both), 3) if both else None,
+        citation_overlap_p50=round(statistics.median(x["citation_overlap"] for x in both), 3) if both else None,
+        ttft_ratio=round(
+            statistics.median(x["shadow_ttft_ms"] for x in streamed) / statistics.median(x["live_ttft_ms"] for x in streamed), 3
+        )
+        if streamed
+        else None,
+        tps_ratio=round(statistics.median(x["shadow_rate"] for x in paced) / statistics.median(x["live_rate"] for x in paced), 3)
+        if paced
+        else None,
+    )
+    failed = [
+        f"error rate {figures['error_rate']:.1%} > {p.max_error_rate:.1%}" if figures["error_rate"] > p.max_error_rate else "",
+        f"refusal agreement {agree:.1%} < {p.min_refusal_agreement:.0%} ({figures['refused_by_live_only']} refused by live only, "
+        f"{figures['refused_by_candidate_only']} by the candidate only)"
+        if agree < p.min_refusal_agreement
+        else "",
+        f"answer similarity p50 {figures['answer_similarity_p50']} < {p.min_answer_similarity}"
+        if both and figures["answer_similarity_p50"] < p.min_answer_similarity
+        else "",
+        f"citation overlap p50 {figures['citation_overlap_p50']} < {p.min_citation_overlap}"
+        if both and figures["citation_overlap_p50"] < p.min_citation_overlap
+        else "",
+        f"TTFT {figures['ttft_ratio']}x live > {p.max_ttft_ratio}x" if streamed and figures["ttft_ratio"] > p.max_ttft_ratio else "",
+        f"tokens/s {figures['tps_ratio']}x live < {p.min_tps_ratio}x" if paced and figures["tps_ratio"] < p.min_tps_ratio else "",
+    ]
+    reason = "; ".join(f for f in failed if f)
+    return Verdict("shadow", not reason, figures, reason)

@@ -42,6 +42,25 @@ class Policy(BaseModel):
     max_false_positive: float = Field(0.1, ge=0, le=1, description="Share of the eval set's safe prompts refused.")
     min_retrieval_hit: float = Field(0.9, ge=0, le=1, description="Share of retrieval queries finding their source.")
     ready_timeout_s: float = Field(900.0, gt=0, description="How long to wait for the candidate's /readyz.")
+    shadow_s: float = Field(
+        0.0,
+        ge=0,
+        description="Shadow stage before the first step (0: none): this long, a copy of live chat requests goes to the candidate "
+        "(router backends), its answers compared with live's and discarded.",
+    )
+    shadow_percent: int = Field(100, ge=1, le=100, description="Share of live chat requests copied to the candidate in the shadow stage.")
+    min_shadow_pairs: int = Field(
+        10, ge=1, description="Compared pairs the shadow stage needs; it waits for them up to 10x --shadow-seconds."
+    )
+    min_refusal_agreement: float = Field(
+        0.95, ge=0, le=1, description="Shadow pairs in which both refuse or both answer, as a share of all pairs."
+    )
+    min_answer_similarity: float = Field(
+        0.5, ge=0, le=1, description="Median similarity (0-1, by characters) of the candidate's answers to live's, where both answer."
+    )
+    min_citation_overlap: float = Field(
+        0.5, ge=0, le=1, description="Median overlap (shared / all) of the sources both cite, where both answer."
+    )
 
     @field_validator("steps")
     @classmethod
@@ -134,6 +153,12 @@ class Promotion:
             if not verdict.passed:
                 return self.roll_back(outcome, verdict)
 
+        if p.shadow_s:
+            verdict = self.shadow_stage(candidate)
+            self.decide(outcome, "shadow", verdict)
+            if not verdict.passed:
+                return self.roll_back(outcome, verdict)
+
         for percent in p.steps:
             applied = self.backend.shift(candidate, percent)
             self.decide(outcome, "shift", percent=percent, weights=applied.weights)
@@ -144,6 +169,27 @@ class Promotion:
         outcome.promoted = True
         self.decide(outcome, "promoted", live=candidate, weights=self.backend.traffic().weights)
         return outcome
+
+    def shadow_stage(self, candidate: Slot) -> Verdict:
+        """Copies of live chat requests to the candidate for ``shadow_s`` and until enough pairs
+        are compared; no user is routed there. The shadow is off again afterwards, whatever the verdict."""
+        p = self.policy
+        last = self.backend.shadow_pairs(0)[-1:]
+        seen = last[0]["n"] if last else 0
+        revision = self.backend.shadow(candidate, p.shadow_percent).revision
+        started = time.monotonic()
+        try:
+            while True:
+                time.sleep(1.0)
+                pairs = [x for x in self.backend.shadow_pairs(seen) if x.get("revision") == revision]
+                held = time.monotonic() - started
+                if (held >= p.shadow_s and len(pairs) >= p.min_shadow_pairs) or held >= MAX_HOLD_FACTOR * p.shadow_s:
+                    break
+        finally:
+            self.backend.shadow(candidate, 0)
+        verdict = gates.shadow_verdict(pairs, p)
+        verdict.figures["held_s"] = round(held, 1)
+        return verdict
 
     def watch(self, cand_url: str, candidate: Slot, live: Slot, percent: int) -> Verdict:
         """Hold a step for ``step_s`` and until the candidate has served ``min_step_requests`` (no

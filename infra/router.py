@@ -9,11 +9,11 @@ while the failure still shows in the metrics the promotion watches.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator
 
@@ -34,6 +34,8 @@ from starlette.routing import Route
 from bentos.web.logs import AccessLog
 from bentos.web.relay import HOP_HEADERS, body_of, http_client
 
+from .shadow import Mirror, captured
+from .timing import Timing
 from .traffic import SLOTS, Slot, Traffic
 
 log = logging.getLogger("infra.router")
@@ -45,8 +47,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 # What users feel, compared as ratios of P99s: fine enough that one bucket's width is no verdict.
 FELT_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
 RATE_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
-# A streamed chunk that carries text: `"content": "x...` (the role chunk's empty content does not count).
-TEXT_CHUNK = re.compile(rb'"content":\s*"(?!")')
 
 
 def error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -101,33 +101,52 @@ class RouterMetrics:
             self.stream_rate.labels(slot)
             self.total.labels(slot)
 
-    async def observed(self, body: AsyncIterator[bytes], slot: str, started: float, stream: bool) -> AsyncIterator[bytes]:
+    async def observed(self, body: AsyncIterator[bytes], slot: str, timing: Timing) -> AsyncIterator[bytes]:
         """``body`` passed on as it is, timed where the user feels it: a stream's first text and
         its pace after that, or the end of a body that is not streamed."""
-        first, pieces = None, 0
         async for chunk in body:
-            if stream and (found := len(TEXT_CHUNK.findall(chunk))):
-                now = time.perf_counter()
-                if first is None:
-                    first, found = now, found - 1
-                    self.ttft.labels(slot).observe(now - started)
-                pieces += found
+            timing.feed(chunk)
             yield chunk
-        now = time.perf_counter()
-        if not stream:
-            self.total.labels(slot).observe(now - started)
-        elif first is not None and pieces and now > first:
-            self.stream_rate.labels(slot).observe(pieces / (now - first))
+        timing.done()
+        if not timing.stream:
+            self.total.labels(slot).observe(timing.total_s)
+            return
+        if timing.ttft_s is not None:
+            self.ttft.labels(slot).observe(timing.ttft_s)
+        if timing.rate is not None:
+            self.stream_rate.labels(slot).observe(timing.rate)
 
 
 def create_router_app(
-    store, admin_key: str | None = None, timeout_s: float = 300, max_body_bytes: int = 8 << 20, admin: bool = True
+    store,
+    admin_key: str | None = None,
+    timeout_s: float = 300,
+    max_body_bytes: int = 8 << 20,
+    admin: bool = True,
+    shadow_concurrency: int = 4,
+    shadow_queue: int = 16,
+    shadow_keep_text: bool = False,
 ) -> Starlette:
     """``store`` holds the routing table (``MemoryStore`` locally, ``DictStore`` on Modal). With
-    ``admin`` off (Modal) the table is read-only here: `ragserve promote modal` writes the Dict."""
+    ``admin`` off (Modal) the table is read-only here: `ragserve promote modal` writes the Dict.
+    With a shadow slot in the table, that share of live chat requests is copied to it
+    (``shadow.py``), at most ``shadow_concurrency`` at once and ``shadow_queue`` waiting."""
     metrics = RouterMetrics()
     client = http_client("", timeout_s)
     expected_admin = f"Bearer {admin_key}".encode() if admin_key else None
+    mirror = Mirror(client, metrics.registry, shadow_concurrency, shadow_queue)
+    mirror.keep_text = shadow_keep_text
+
+    def copy_for_shadow(t: Traffic, slot: Slot, request: Request, body: bytes) -> asyncio.Future | None:
+        """A copy of a live chat request for the shadow slot, for that share of them."""
+        shadow = t.shadow
+        if not shadow or not shadow.percent or slot != t.live or request.method != "POST":
+            return None
+        if not request.url.path.endswith("/chat/completions") or random.uniform(0, 100) >= shadow.percent:
+            return None
+        headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in NOT_FORWARDED | {"accept-encoding"}]
+        target = t.upstreams[shadow.slot] + request.url.path
+        return mirror.offer(client.build_request("POST", target, headers=headers, content=body), t.revision)
 
     async def table() -> Traffic:
         return await store.read()
@@ -166,6 +185,7 @@ def create_router_app(
         except LookupError as e:
             return error(503, str(e), "no_routing_table", {"Retry-After": "5"})
         slot: Slot = random.choices(SLOTS, weights=[t.weights[s] for s in SLOTS])[0]
+        mirrored = copy_for_shadow(t, slot, request, body)  # sent beside the live request, never before it
         started = time.perf_counter()
         upstream = await attempt(slot, t.upstreams[slot], request, body)
         if (upstream is None or upstream.status_code >= 500) and slot != t.live:
@@ -175,6 +195,8 @@ def create_router_app(
             slot, started = t.live, time.perf_counter()
             upstream = await attempt(slot, t.upstreams[slot], request, body)
         if upstream is None:
+            if mirrored is not None:
+                mirrored.cancel()
             metrics.responses.labels("502").inc()
             return error(
                 502,
@@ -188,8 +210,12 @@ def create_router_app(
 
         content = body_of(upstream)
         if upstream.status_code < 400:
-            stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
-            content = metrics.observed(content, slot, started, stream)
+            timing = Timing(started, upstream.headers.get("content-type", "").startswith("text/event-stream"))
+            content = metrics.observed(content, slot, timing)
+            if mirrored is not None:
+                content = captured(content, timing, upstream.status_code, mirrored)
+        elif mirrored is not None:
+            mirrored.cancel()
         return StreamingResponse(content, status_code=upstream.status_code, headers=headers)
 
     def is_admin(request: Request) -> bool:
@@ -225,6 +251,20 @@ def create_router_app(
         log.info("traffic changed", extra={"fields": {"weights": saved.weights, "revision": saved.revision}})
         return JSONResponse(saved.model_dump())
 
+    async def get_shadow(request: Request) -> Response:
+        """The compared pairs numbered above ``?since=N`` (figures; texts only with --shadow-keep-text)."""
+        if not is_admin(request):
+            return error(401, "reading shadow pairs needs 'Authorization: Bearer <RAGSERVE_ROUTER_ADMIN_KEY>'", "invalid_admin_key")
+        try:
+            since = int(request.query_params.get("since", "0"))
+        except ValueError:
+            return error(400, "since must be a whole number: the last pair number you have read", "invalid_since")
+        try:
+            shadow = (await table()).shadow
+        except LookupError:
+            shadow = None
+        return JSONResponse({"shadow": shadow.model_dump() if shadow else None, "last": mirror.count, "pairs": mirror.since(since)})
+
     async def metrics_route(request: Request) -> Response:
         try:
             for slot, w in (await table()).weights.items():
@@ -249,6 +289,7 @@ def create_router_app(
     routes = [
         Route("/-/traffic", get_traffic, methods=["GET"]),
         Route("/-/traffic", put_traffic, methods=["PUT"]),
+        Route("/-/shadow", get_shadow, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/livez", livez, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -258,6 +299,9 @@ def create_router_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
+        for task in list(mirror.tasks):  # copies still running: nobody waits for them
+            task.cancel()
+        await asyncio.gather(*mirror.tasks, return_exceptions=True)
         await client.aclose()
 
     app = Starlette(routes=routes, lifespan=lifespan)

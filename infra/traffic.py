@@ -18,6 +18,15 @@ Slot = Literal["blue", "green"]
 SLOTS: tuple[Slot, Slot] = ("blue", "green")
 
 
+class Shadow(BaseModel):
+    """A slot that gets a copy of live chat requests, whose answers are compared and discarded."""
+
+    model_config = {"extra": "forbid"}
+
+    slot: Slot
+    percent: int = Field(ge=0, le=100, description="Percent of live chat requests copied to it.")
+
+
 class Traffic(BaseModel):
     """Base URLs of the two slots and the percent of requests each gets."""
 
@@ -26,6 +35,7 @@ class Traffic(BaseModel):
     upstreams: dict[Slot, str] = Field(description="Base URL of each slot's gateway, e.g. http://127.0.0.1:3001.")
     weights: dict[Slot, int] = Field(description="Percent of requests per slot; the two add up to 100.")
     revision: int = Field(0, ge=0, description="Bumped on every change, so readers see which table they hold.")
+    shadow: Shadow | None = Field(None, description="A slot with no users that gets a copy of live chat requests.")
 
     @field_validator("upstreams")
     @classmethod
@@ -44,6 +54,11 @@ class Traffic(BaseModel):
         for slot, w in self.weights.items():
             if w and slot not in self.upstreams:
                 raise ValueError(f"{slot} has weight {w} but no upstream URL")
+        if self.shadow and self.shadow.percent:
+            if self.shadow.slot not in self.upstreams:
+                raise ValueError(f"the shadow slot {self.shadow.slot} has no upstream URL")
+            if self.weights[self.shadow.slot]:
+                raise ValueError(f"the shadow slot {self.shadow.slot} serves users ({self.weights[self.shadow.slot]}%): give it weight 0")
         return self
 
     @property

@@ -30,7 +30,10 @@ from bentos.tools.launch import answers, serving, wait_for
 from bentos.web.relay import body_of
 from conftest import record
 from infra import gates
+from infra.backends import local_backend
+from infra.promote import Policy, Promotion
 from infra.router import UPSTREAM_HEADER
+from infra.timing import TEXT_CHUNK
 
 pytestmark = pytest.mark.stack
 
@@ -381,3 +384,102 @@ def test_kserve_backend_patches_canary_traffic(stack, unguarded_stack, tmp_path,
         assert result.exit_code == 1, result.output
         assert patches(log) == [0] and json.loads(state.read_text())["percent"] == 0
         assert "rolled back: quality failed" in result.output
+
+
+class MixedChats:
+    """Chat requests through the router, one client after another, as real traffic comes: mostly
+    questions about the corpus, one in four a prompt the rails must refuse, half streamed, past
+    the answer cache (each is a new answer). Records live's time to first text per stream."""
+
+    def __init__(self, url: str, api_key: str, unsafe: list[str]):
+        self.client = openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=0, timeout=120)
+        self.unsafe, self.failed, self.ttft = unsafe, 0, []
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            prompt = self.unsafe[i // 4 % len(self.unsafe)] if i % 4 == 3 else QUESTIONS[i % len(QUESTIONS)]
+            try:
+                t0 = time.perf_counter()
+                stream = self.client.chat.completions.create(
+                    model="x", messages=[{"role": "user", "content": prompt}], max_tokens=16, stream=True, extra_body={"cache": False}
+                )
+                first = None
+                for chunk in stream:
+                    if first is None and chunk.choices and chunk.choices[0].delta.content:
+                        first = time.perf_counter() - t0
+                if first is None:
+                    raise AssertionError("no text")
+                self.ttft.append(first)
+            except Exception:
+                self.failed += 1
+            i += 1
+
+    def __enter__(self) -> MixedChats:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.thread.join(150)
+
+    def ttft_ms(self, q: float) -> float:
+        s = sorted(self.ttft)
+        return round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 1)
+
+
+def slow_decoding(target: str, delay_s: float):
+    """The same stack, slower only once the text flows: every streamed chunk after the first one
+    with text waits ``delay_s``; headers and the first text come as fast as the stack's."""
+    client = httpx.AsyncClient(base_url=target, timeout=120)
+
+    async def proxy(request: Request) -> Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        upstream = await client.send(
+            client.build_request(request.method, request.url.path, headers=headers, content=await request.body()), stream=True
+        )
+
+        async def paced():
+            texts = 0
+            async for chunk in body_of(upstream):
+                if texts:
+                    await asyncio.sleep(delay_s)
+                texts += len(TEXT_CHUNK.findall(chunk))
+                yield chunk
+
+        return StreamingResponse(paced(), upstream.status_code, headers={"content-type": upstream.headers.get("content-type", "")})
+
+    return Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST"])])
+
+
+def test_shadow_stage_on_the_real_stacks(stack, unguarded_stack, tmp_path):
+    """Live is the guarded stack. A copy of its chats goes to each candidate in turn: the same
+    release passes; the rails-off stack fails on refusals before any user reaches it; the same
+    stack slowed in decoding only fails on tokens/s. Live's own clients lose nothing."""
+    unsafe = [
+        json.loads(line)["prompt"] for line in (ROOT / "infra" / "eval" / "promotion.jsonl").read_text().splitlines() if '"unsafe"' in line
+    ]
+    policy = Policy(shadow_s=8, min_shadow_pairs=12)  # about three of them unsafe
+    with router(stack.url, tmp_path) as url:
+        with MixedChats(url, stack.api_key, unsafe) as alone:
+            time.sleep(8)
+        verdicts, loads = {}, {}
+        with serving(proxy_with_fault(stack.url, no_fault)) as same, serving(slow_decoding(stack.url, 0.3)) as slowed:
+            for name, candidate in (("same release", same), ("rails off", unguarded_stack.url), ("slowed decoding", slowed)):
+                backend = local_backend(url)
+                backend.shift("green", 0, candidate)
+                with MixedChats(url, stack.api_key, unsafe) as loads[name]:
+                    verdicts[name] = Promotion(backend, [], policy, stack.api_key, emit=lambda entry: None).shadow_stage("green")
+                assert backend.traffic().weights == {"blue": 100, "green": 0} and backend.traffic().shadow is None
+    for name, verdict in verdicts.items():
+        record(f"shadow stage, {name}: passed {verdict.passed} {verdict.figures} {verdict.reason}")
+    record(
+        f"live TTFT p50/p95 without a shadow {alone.ttft_ms(0.5)}/{alone.ttft_ms(0.95)} ms ({len(alone.ttft)} streams); with one: "
+        + ", ".join(f"{n} {x.ttft_ms(0.5)}/{x.ttft_ms(0.95)} ms ({len(x.ttft)})" for n, x in loads.items())
+    )
+    assert verdicts["same release"].passed, verdicts["same release"]
+    assert not verdicts["rails off"].passed and "refusal agreement" in verdicts["rails off"].reason
+    assert not verdicts["slowed decoding"].passed and "tokens/s" in verdicts["slowed decoding"].reason
+    assert alone.failed == 0 and all(x.failed == 0 for x in loads.values())

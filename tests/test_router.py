@@ -196,12 +196,17 @@ def test_histogram_quantile_and_step_verdict():
     assert "only 0 requests" in step_verdict(10, SlotCounts(), live, 0.01, 2.0, 1).reason
 
 
-def paced_upstream(first_s: float, gap_s: float, n: int = 8):
+def paced_upstream(first_s: float, gap_s: float, n: int = 8, guarded: bool = True):
     """A stand-in gateway whose answers start after ``first_s`` and then come a piece every
-    ``gap_s``: streamed (headers at once, as a real stream's) or whole."""
+    ``gap_s``: streamed (headers at once, as a real stream's) or whole. ``guarded``: a message
+    that says "unsafe" is refused as the gateway refuses (finish_reason content_filter)."""
 
     async def chat(request: Request):
-        if not (await request.json()).get("stream"):
+        body = await request.json()
+        if guarded and "unsafe" in json.dumps(body.get("messages", [])):
+            refusal = {"message": {"content": "Sorry, I can't help with that."}, "finish_reason": "content_filter"}
+            return JSONResponse({"choices": [refusal], "guardrails": {"blocked_by": "harmful_request"}, "citations": []})
+        if not body.get("stream"):
             await asyncio.sleep(first_s + n * gap_s)
             return JSONResponse({"choices": [{"message": {"content": "x" * n}, "finish_reason": "length"}]})
 

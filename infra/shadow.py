@@ -1,0 +1,196 @@
+"""Shadow traffic: a copy of live chat requests sent to a slot no user sees, whose answers are
+read to the end on tasks of their own, compared with the live answers and discarded.
+
+The live response is never delayed or changed: it is relayed as without a shadow, and only a copy
+of its bytes (capped) is kept until the pair is compared. Copies wait for a bounded number of
+slots; when those and the bounded queue are full, a copy is dropped and counted. A pair keeps
+figures only (statuses, finish reasons, refusals and the rail, time to first text and pace, the
+overlap of cited sources, answer similarity); the texts only when the operator opts in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+
+from bentos.web.relay import body_of
+
+from .timing import Timing
+
+MAX_CAPTURED = 1 << 20  # bytes of one answer kept for the comparison
+MAX_COMPARED_CHARS = 4000  # answer similarity reads this much of each text
+
+
+@dataclass
+class Answer:
+    """What one slot answered, read from its body."""
+
+    status: int
+    text: str = ""
+    finish_reason: str | None = None
+    blocked_by: str | None = None
+    sources: set[str] = field(default_factory=set)
+    ttft_s: float | None = None
+    rate: float | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.finish_reason == "content_filter"
+
+
+def read_answer(status: int, body: bytes, timing: Timing) -> Answer:
+    """An OpenAI-shaped chat answer, plain JSON or server-sent events, with the gateway's extras
+    (``citations``, ``guardrails``)."""
+    answer = Answer(status, ttft_s=timing.ttft_s, rate=timing.rate)
+    if timing.stream:
+        events = []
+        for line in body.decode("utf-8", "replace").splitlines():
+            if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+                try:
+                    events.append(json.loads(line[5:]))
+                except json.JSONDecodeError:
+                    pass
+    else:
+        try:
+            events = [json.loads(body)] if body else []
+        except json.JSONDecodeError:
+            events = []
+    pieces = []
+    for event in events:
+        if not isinstance(event, dict):
+            continue
+        answer.sources |= {c.get("source") for c in event.get("citations") or [] if isinstance(c, dict)}
+        answer.blocked_by = answer.blocked_by or (event.get("guardrails") or {}).get("blocked_by")
+        for choice in event.get("choices") or []:
+            part = choice.get("delta") or choice.get("message") or {}
+            pieces.append(part.get("content") or "")
+            answer.finish_reason = choice.get("finish_reason") or answer.finish_reason
+    answer.text = "".join(pieces)
+    return answer
+
+
+def pair_figures(live: Answer, shadow: Answer, keep_text: bool = False) -> dict:
+    """What the comparison of one pair keeps: figures, not text (unless ``keep_text``)."""
+    union = live.sources | shadow.sources
+    figures = {
+        "at": round(time.time(), 3),
+        "live_status": live.status,
+        "shadow_status": shadow.status,
+        "live_finish_reason": live.finish_reason,
+        "shadow_finish_reason": shadow.finish_reason,
+        "live_refused": live.refused,
+        "shadow_refused": shadow.refused,
+        "live_blocked_by": live.blocked_by,
+        "shadow_blocked_by": shadow.blocked_by,
+        "live_ttft_ms": None if live.ttft_s is None else round(live.ttft_s * 1000, 1),
+        "shadow_ttft_ms": None if shadow.ttft_s is None else round(shadow.ttft_s * 1000, 1),
+        "live_rate": None if live.rate is None else round(live.rate, 1),
+        "shadow_rate": None if shadow.rate is None else round(shadow.rate, 1),
+        "citation_overlap": round(len(live.sources & shadow.sources) / len(union), 3) if union else 1.0,
+        "answer_similarity": round(
+            difflib.SequenceMatcher(None, live.text[:MAX_COMPARED_CHARS], shadow.text[:MAX_COMPARED_CHARS], autojunk=False).ratio(), 3
+        ),
+    }
+    if keep_text:
+        figures.update(live_text=live.text, shadow_text=shadow.text)
+    return figures
+
+
+class Mirror:
+    """Copies of live requests to the shadow slot, at most ``concurrency`` at once and ``queue``
+    waiting; the comparisons of the last ``keep`` pairs, numbered from 1."""
+
+    def __init__(self, client: httpx.AsyncClient, registry: CollectorRegistry, concurrency: int = 4, queue: int = 16, keep: int = 1000):
+        self.client, self.concurrency, self.queue = client, concurrency, queue
+        self.keep_text = False
+        self.slots = asyncio.Semaphore(concurrency)
+        self.pending = 0
+        self.pairs: deque[dict] = deque(maxlen=keep)
+        self.count = 0
+        self.tasks: set[asyncio.Task] = set()
+        self.outcomes = Counter(
+            "ragserve_router_shadow_requests",
+            "Copies of live requests to the shadow slot, by outcome (compared, dropped: queue full, failed: no live answer to compare).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("compared", "dropped", "failed"):
+            self.outcomes.labels(outcome)
+
+    def offer(self, request: httpx.Request, revision: int) -> asyncio.Future | None:
+        """Mirror ``request`` unless the queue is full; the caller sets the returned future to the
+        live answer once it has been relayed. ``revision``: the routing table's, so a stage counts
+        only the pairs of its own shadow (copies still in flight from an earlier one finish later)."""
+        if self.pending >= self.concurrency + self.queue:
+            self.outcomes.labels("dropped").inc()
+            return None
+        self.pending += 1
+        live: asyncio.Future = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._run(request, live, revision))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return live
+
+    async def _run(self, request: httpx.Request, live: asyncio.Future, revision: int) -> None:
+        try:
+            async with self.slots:
+                shadow = await self._ask(request)
+            try:
+                answer = await asyncio.wait_for(live, timeout=600)
+            except (TimeoutError, asyncio.CancelledError):
+                self.outcomes.labels("failed").inc()
+                return
+            self.count += 1
+            self.pairs.append({"n": self.count, "revision": revision, **pair_figures(answer, shadow, self.keep_text)})
+            self.outcomes.labels("compared").inc()
+        finally:
+            self.pending -= 1
+
+    async def _ask(self, request: httpx.Request) -> Answer:
+        timing, captured = Timing(time.perf_counter()), bytearray()
+        try:
+            upstream = await self.client.send(request, stream=True)
+        except httpx.HTTPError:
+            return Answer(status=0)
+        timing.stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        try:
+            async for chunk in upstream.aiter_bytes():  # decoded: the comparison reads it
+                timing.feed(chunk)
+                if len(captured) < MAX_CAPTURED:
+                    captured += chunk
+        except httpx.HTTPError:
+            pass
+        finally:
+            await upstream.aclose()
+        timing.done()
+        return read_answer(upstream.status_code, bytes(captured), timing)
+
+    def since(self, n: int) -> list[dict]:
+        return [p for p in self.pairs if p["n"] > n]
+
+
+async def captured(body: AsyncIterator[bytes], timing: Timing, status: int, live: asyncio.Future) -> AsyncIterator[bytes]:
+    """``body`` relayed unchanged; a copy (capped) becomes the live answer of a pair at its end."""
+    copy = bytearray()
+    try:
+        async for chunk in body:
+            if len(copy) < MAX_CAPTURED:
+                copy += chunk
+            yield chunk
+    finally:
+        if not live.done():
+            if timing.finished:
+                live.set_result(read_answer(status, bytes(copy), timing))
+            else:
+                live.cancel()  # the client went away: no whole answer to compare
+
+
+__all__ = ["Answer", "Mirror", "body_of", "captured", "pair_figures", "read_answer"]
