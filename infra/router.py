@@ -185,7 +185,7 @@ def create_router_app(
         except LookupError as e:
             return error(503, str(e), "no_routing_table", {"Retry-After": "5"})
         slot: Slot = random.choices(SLOTS, weights=[t.weights[s] for s in SLOTS])[0]
-        mirrored = copy_for_shadow(t, slot, request, body)  # sent beside the live request, never before it
+        mirrored = copy_for_shadow(t, slot, request, body)  # sent beside the live request, on a task of its own
         started = time.perf_counter()
         upstream = await attempt(slot, t.upstreams[slot], request, body)
         if (upstream is None or upstream.status_code >= 500) and slot != t.live:

@@ -60,6 +60,8 @@ def test_no_hit_for_another_tenant_a_near_miss_or_a_sampled_answer(stack):
     assert other.model_extra["cache"] == {"hit": False}  # a second key is a second tenant
     near = ask(stack, "Within how many days of the order do Zorblax robots ship?")  # same document, other answer
     assert near.model_extra["cache"] == {"hit": False}
+    nothing = ask(stack, "Plorf snurgle qwxz vemmet?")  # nothing relevant: the gateway answers itself
+    assert nothing.model_extra["cache"] == {"hit": False} and nothing.model_extra["citations"] == []
     sampled = ask(stack, question, temperature=0.8)
     assert sampled.model_extra["cache"] == {"hit": False}
     assert ask(stack, question, temperature=0.8, extra_body={"cache": True}).model_extra["cache"]["hit"] is True  # opted in

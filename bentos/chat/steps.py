@@ -76,7 +76,7 @@ class Turn:
 
     def answer(self, content: str, finish_reason: str = "stop", **extra) -> Response:
         """The gateway's own answer, in the shape the model's would have had (streamed or not)."""
-        return answer(self.model, self.req.stream, content, finish_reason, **extra)
+        return answer(self.model, self.req.stream, content, finish_reason, **{**self.extra, **extra})
 
 
 Step = Callable[[Turn], Awaitable[Response | None]]
