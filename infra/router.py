@@ -134,8 +134,7 @@ def create_router_app(
     metrics = RouterMetrics()
     client = http_client("", timeout_s)
     expected_admin = f"Bearer {admin_key}".encode() if admin_key else None
-    mirror = Mirror(client, metrics.registry, shadow_concurrency, shadow_queue)
-    mirror.keep_text = shadow_keep_text
+    mirror = Mirror(client, metrics.registry, shadow_concurrency, shadow_queue, shadow_keep_text)
 
     def copy_for_shadow(t: Traffic, slot: Slot, request: Request, body: bytes) -> asyncio.Future | None:
         """A copy of a live chat request for the shadow slot, for that share of them."""

@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from bentos.web.relay import body_of
-
 from .timing import Timing
 
 MAX_CAPTURED = 1 << 20  # bytes of one answer kept for the comparison
 MAX_COMPARED_CHARS = 4000  # answer similarity reads this much of each text
+
+
+def keep(copy: bytearray, chunk: bytes) -> None:
+    """An answer's bytes for the comparison, up to MAX_CAPTURED."""
+    if len(copy) < MAX_CAPTURED:
+        copy += chunk
 
 
 @dataclass
@@ -108,9 +112,16 @@ class Mirror:
     """Copies of live requests to the shadow slot, at most ``concurrency`` at once and ``queue``
     waiting; the comparisons of the last ``keep`` pairs, numbered from 1."""
 
-    def __init__(self, client: httpx.AsyncClient, registry: CollectorRegistry, concurrency: int = 4, queue: int = 16, keep: int = 1000):
-        self.client, self.concurrency, self.queue = client, concurrency, queue
-        self.keep_text = False
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        registry: CollectorRegistry,
+        concurrency: int = 4,
+        queue: int = 16,
+        keep_text: bool = False,
+        keep: int = 1000,
+    ):
+        self.client, self.concurrency, self.queue, self.keep_text = client, concurrency, queue, keep_text
         self.slots = asyncio.Semaphore(concurrency)
         self.pending = 0
         self.pairs: deque[dict] = deque(maxlen=keep)
@@ -164,8 +175,7 @@ class Mirror:
         try:
             async for chunk in upstream.aiter_bytes():  # decoded: the comparison reads it
                 timing.feed(chunk)
-                if len(captured) < MAX_CAPTURED:
-                    captured += chunk
+                keep(captured, chunk)
         except httpx.HTTPError:
             pass
         finally:
@@ -182,8 +192,7 @@ async def captured(body: AsyncIterator[bytes], timing: Timing, status: int, live
     copy = bytearray()
     try:
         async for chunk in body:
-            if len(copy) < MAX_CAPTURED:
-                copy += chunk
+            keep(copy, chunk)
             yield chunk
     finally:
         if not live.done():
@@ -191,6 +200,3 @@ async def captured(body: AsyncIterator[bytes], timing: Timing, status: int, live
                 live.set_result(read_answer(status, bytes(copy), timing))
             else:
                 live.cancel()  # the client went away: no whole answer to compare
-
-
-__all__ = ["Answer", "Mirror", "body_of", "captured", "pair_figures", "read_answer"]

@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -90,7 +91,7 @@ class Entry:
     usage: dict | None = None
     created: float = 0.0  # set when stored
 
-    @property
+    @cached_property  # read on every store and eviction: measured once
     def size(self) -> int:
         return len(self.content.encode()) + self.vector.nbytes + len(json.dumps(self.citations)) + 200
 

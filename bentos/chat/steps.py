@@ -265,18 +265,22 @@ class ChatPath:
     @classmethod
     def build(cls, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None) -> ChatPath:
         rails = guard is not None
-        cache = AnswerCache(settings.cache_min_similarity, settings.cache_max_entries, settings.cache_max_bytes, settings.cache_ttl_s)
+        cache = (
+            AnswerCache(settings.cache_min_similarity, settings.cache_max_entries, settings.cache_max_bytes, settings.cache_ttl_s)
+            if settings.cache
+            else None
+        )
         steps: list[Step] = [
             EmbedQuery(retriever, settings.retrieve_k),
             *([InputRails(guard)] if rails else []),
-            *([CacheLookup(cache, retriever.reader)] if settings.cache else []),
+            *([CacheLookup(cache, retriever.reader)] if cache else []),
             Retrieve(),
             *([RetrievalRails(guard)] if rails else []),
             Ground(),
         ]
         answer_steps: list[AnswerStep] = [
             *([OutputRails(guard, settings.guard_stream_every_tokens)] if rails else []),
-            *([CacheStore(cache)] if settings.cache else []),  # last: what the user was sent
+            *([CacheStore(cache)] if cache else []),  # last: what the user was sent
         ]
         return cls(steps, ModelCall(llm, answer_steps))
 

@@ -55,10 +55,13 @@ def plain_vllm(settings: Settings, model: str) -> Iterator[tuple[str, float]]:
 
 
 @contextmanager
-def bento(settings: Settings, log_dir: Path, db: Path) -> Iterator[tuple[str, float]]:
+def bento(
+    settings: Settings, log_dir: Path, db: Path, env: dict[str, str] | None = None, log: str = "bento.log"
+) -> Iterator[tuple[str, float]]:
+    """`bentoml serve` on a free port over ``db``, with rails on and ``env`` on top."""
     port = free_port()
-    env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_DB": str(db), "RAGSERVE_GUARDRAILS": "true"}
-    launched = launch.start_bento(port, env, log_dir / "bento.log", settings.engine_start_timeout_s)
+    env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_DB": str(db), "RAGSERVE_GUARDRAILS": "true", **(env or {})}
+    launched = launch.start_bento(port, env, log_dir / log, settings.engine_start_timeout_s)
     try:
         yield launched.url, launched.ready_s
     finally:
@@ -124,8 +127,7 @@ def run_serve_bench(
                 )
                 entry["levels"][str(c)] = report.as_dict()
                 if before is not None:
-                    (s0, n0), (s1, n1) = before, prepare_totals(url, key)
-                    entry["levels"][str(c)]["prepare_ms_mean"] = round((s1 - s0) / (n1 - n0) * 1000, 1) if n1 > n0 else None
+                    entry["levels"][str(c)]["prepare_ms_mean"] = prepare_ms_since(url, key, before)
             results["targets"][name] = entry
     results["ratios"] = ratios(results, levels)
     print_table(results, levels)
@@ -141,6 +143,12 @@ def prepare_totals(url: str, key: str) -> tuple[float, float]:
     text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}"} if key else None, timeout=10).text
     values = {s.name: s.value for s in samples(text) if s.name.startswith("ragserve_gateway_prepare_seconds_")}
     return values.get("ragserve_gateway_prepare_seconds_sum", 0.0), values.get("ragserve_gateway_prepare_seconds_count", 0.0)
+
+
+def prepare_ms_since(url: str, key: str, before: tuple[float, float]) -> float | None:
+    """The gateway's mean time before the model (ms) over the requests since ``before``."""
+    (s0, n0), (s1, n1) = before, prepare_totals(url, key)
+    return round((s1 - s0) / (n1 - n0) * 1000, 2) if n1 > n0 else None
 
 
 def ratios(results: dict, levels: list[int]) -> dict:

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
-from bentos.model.engine import free_port
 from bentos.settings import Settings
-from bentos.tools import launch
-from bentos.tools.bench import QUESTIONS, index_corpus, prepare_totals
+from bentos.tools.bench import QUESTIONS, bento, index_corpus, prepare_ms_since, prepare_totals
 from bentos.tools.loadgen import run_load
 
 
@@ -39,24 +36,19 @@ def run_cache_bench(settings: Settings, levels: list[int], n_requests: int, max_
     results: dict = {"max_tokens": max_tokens, "requests": n_requests, "corpus": str(corpus), "levels": {}}
     rounds = {c: list(range(i * 10**4, i * 10**4 + max(n_requests, 2 * c))) for i, c in enumerate(levels)}  # the same keys on both sides
     for cache in ("off", "on"):
-        port = free_port()
-        env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_DB": str(db), "RAGSERVE_CACHE": "true" if cache == "on" else "false"}
         print(f"starting the gateway, cache {cache} ...", flush=True)
-        launched = launch.start_bento(port, env, log_dir / f"bento-cache-{cache}.log", settings.engine_start_timeout_s)
-        try:
-            url = launched.url + "/v1"
+        env = {"RAGSERVE_CACHE": "true" if cache == "on" else "false"}
+        with bento(settings, log_dir, db, env, f"bento-cache-{cache}.log") as (base, _):
+            url = base + "/v1"
             asyncio.run(run_load(url, key, settings.model_name, 1, 2, 8, QUESTIONS, extra_body=lambda i: {"cache": False}))  # warm-up
             for c in tqdm(levels, desc=f"cache {cache}", unit="level"):
                 level = results["levels"].setdefault(str(c), {})
-                before = prepare_totals(launched.url, key)
+                before = prepare_totals(base, key)
                 miss = seeded_round(url, key, settings, c, max_tokens, rounds[c]).as_dict()
-                (s0, n0), (s1, n1) = before, prepare_totals(launched.url, key)
-                miss["prepare_ms_mean"] = round((s1 - s0) / (n1 - n0) * 1000, 2) if n1 > n0 else None
+                miss["prepare_ms_mean"] = prepare_ms_since(base, key, before)
                 level[f"cache {cache}, miss"] = miss
                 if cache == "on":
                     level["cache on, hit"] = seeded_round(url, key, settings, c, max_tokens, rounds[c]).as_dict()
-        finally:
-            launch.stop(launched)
     for level in results["levels"].values():
         miss, hit, off = level["cache on, miss"], level["cache on, hit"], level["cache off, miss"]
         added = None if None in (miss["prepare_ms_mean"], off["prepare_ms_mean"]) else miss["prepare_ms_mean"] - off["prepare_ms_mean"]
