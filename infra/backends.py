@@ -1,7 +1,8 @@
 """Where traffic moves: the local router, the Modal router's Dict, or a KServe InferenceService.
 
 Every backend answers the same three questions for the promotion: what the routing table is,
-how to move a percent of traffic to the candidate in one step, and what each slot's counters say.
+how to move a percent of traffic to the candidate in one step, and what each slot served in a
+window (a step) that starts when asked.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import httpx
 
-from bentos.web.metrics import samples
-
-from .gates import SlotCounts, router_counts
+from .gates import SlotCounts, gateway_counts, router_counts
+from .prometheus import Prometheus, PrometheusError
 from .traffic import DictStore, Shadow, Slot, Traffic
+
+Window = Callable[[], dict[str, SlotCounts]]
 
 
 class BackendError(Exception):
@@ -29,7 +32,7 @@ class BackendError(Exception):
 class Backend(Protocol):
     def traffic(self) -> Traffic: ...
     def shift(self, candidate: Slot, percent: int, url: str | None = None) -> Traffic: ...
-    def counts(self) -> dict[str, SlotCounts]: ...
+    def window(self) -> Window: ...
     def describe(self) -> str: ...
     def shadow(self, candidate: Slot, percent: int) -> Traffic: ...
     def shadow_pairs(self, since: int) -> list[dict]: ...
@@ -96,8 +99,17 @@ class RouterBackend:
             raise BackendError(f"cannot read the router's metrics at {self.metrics_url}/metrics ({type(e).__name__})") from None
         return router_counts(r.text)
 
+    def window(self) -> Window:
+        return snapshot_window(self.counts)
+
     def describe(self) -> str:
         return self.what
+
+
+def snapshot_window(counts: Callable[[], dict[str, SlotCounts]]) -> Window:
+    """Counters read now, and a function giving what each slot added since."""
+    before = counts()
+    return lambda: {slot: c.minus(before.get(slot, SlotCounts())) for slot, c in counts().items()}
 
 
 def local_backend(router_url: str, admin_key: str | None = None) -> RouterBackend:
@@ -134,13 +146,27 @@ def run_kubectl(cmd: list[str]) -> str:
 class KServeBackend:
     """Canary rollout of one InferenceService (Serverless mode): the previous rolled-out revision is
     the live slot (tag ``prev``), the latest revision the candidate (tag ``latest``); a shift
-    patches ``canaryTrafficPercent``. Tag routing gives each revision its own URL for the gates,
-    and each revision's gateway /metrics gives the counters."""
+    patches ``canaryTrafficPercent``. Tag routing gives each revision its own URL for the gates.
+    A step's figures per revision come from Prometheus (``prometheus``), summed over the
+    revision's pods; without it, from the gateway /metrics behind each tag URL, which is one pod
+    per read and only right while each revision runs on one. KServe only splits traffic: a shadow
+    stage needs ``router``, the `ragserve router` in front of the InferenceService
+    (infra/kserve/router), whose shadow slot is the latest revision's URL."""
 
-    def __init__(self, name: str, namespace: str, kubectl: str = "kubectl", run: Runner = run_kubectl, echo: Callable[[str], None] = print):
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        kubectl: str = "kubectl",
+        run: Runner = run_kubectl,
+        echo: Callable[[str], None] = print,
+        prometheus: Prometheus | None = None,
+        router: RouterBackend | None = None,
+    ):
         self.name, self.namespace, self.kubectl = name, namespace, kubectl
-        self.run, self.echo = run, echo
+        self.run, self.echo, self.prometheus, self.router = run, echo, prometheus, router
         self.urls: dict[str, str] = {}  # each revision's tag URL, as last read
+        self.revisions: dict[str, str] = {}  # each slot's revision name, as last read
 
     def command(self, *args: str) -> list[str]:
         return [self.kubectl, *args, "-n", self.namespace]
@@ -157,6 +183,7 @@ class KServeBackend:
                 "`kubectl apply -k infra/kserve/overlays/green` (canaryTrafficPercent 0, tag routing on) first"
             )
         self.urls = {"blue": by_tag["prev"]["url"], "green": by_tag["latest"]["url"]}
+        self.revisions = {"blue": by_tag["prev"].get("revisionName", ""), "green": by_tag["latest"].get("revisionName", "")}
         return Traffic(
             upstreams=dict(self.urls), weights={"blue": by_tag["prev"].get("percent", 0), "green": by_tag["latest"].get("percent", 0)}
         )
@@ -173,22 +200,38 @@ class KServeBackend:
         self.run(cmd)
         return self.traffic()
 
-    def counts(self) -> dict[str, SlotCounts]:
-        # A revision's tag URL does not change during a promotion: no `kubectl get` per poll.
-        urls = self.urls or self.traffic().upstreams
-        return {slot: bento_counts(url) for slot, url in urls.items()}
+    def window(self) -> Window:
+        if not self.revisions:
+            self.traffic()
+        if self.prometheus is None:
+            # A revision's tag URL does not change during a promotion: no `kubectl get` per read.
+            return snapshot_window(lambda: {slot: bento_counts(url) for slot, url in self.urls.items()})
+        if not all(self.revisions.values()):
+            raise BackendError(f"inferenceservice/{self.name}'s traffic status names no revisions: {self.revisions}")
+        since, prometheus, revisions = time.time(), self.prometheus, dict(self.revisions)
+
+        def read() -> dict[str, SlotCounts]:
+            try:
+                return {slot: prometheus.counts_since(revision, since) for slot, revision in revisions.items()}
+            except PrometheusError as e:
+                raise BackendError(str(e)) from None
+
+        return read
 
     def describe(self) -> str:
-        return f"KServe inferenceservice/{self.name} in namespace {self.namespace}"
+        figures = f"step figures from Prometheus {self.prometheus.url}" if self.prometheus else "step figures from each tag URL's /metrics"
+        return f"KServe inferenceservice/{self.name} in namespace {self.namespace}, {figures}"
 
     def shadow(self, candidate: Slot, percent: int) -> Traffic:
-        raise BackendError(
-            "a shadow stage needs the router in front of the revisions (`ragserve router`); "
-            "KServe itself only splits traffic: drop --shadow-seconds"
-        )
+        if self.router is None:
+            raise BackendError(
+                "KServe only splits traffic: a shadow stage needs the router in front of the InferenceService "
+                "(`kubectl apply -k infra/kserve/router`) and --router-url, or drop --shadow-seconds"
+            )
+        return self.router.shadow(candidate, percent)
 
     def shadow_pairs(self, since: int) -> list[dict]:
-        return []
+        return self.router.shadow_pairs(since) if self.router else []
 
     def plan(self, steps: list[int]) -> list[str]:
         """The commands a promotion runs, for --dry-run: nothing is sent to the cluster."""
@@ -201,24 +244,9 @@ class KServeBackend:
 
 
 def bento_counts(url: str) -> SlotCounts:
-    """A gateway's own counters of chat requests: BentoML's request metrics on its /metrics (which
-    also carry the model service's, told apart by ``service_name``)."""
+    """One gateway's own counters of chat requests, from its /metrics."""
     try:
         text = httpx.get(url.rstrip("/") + "/metrics", timeout=10).text
     except httpx.HTTPError as e:
         raise BackendError(f"cannot read {url}/metrics ({type(e).__name__})") from None
-    c = SlotCounts()
-    for s in samples(text):
-        labels = s.labels
-        if labels.get("service_name") != "ragserve-gateway" or not labels.get("endpoint", "").startswith("/v1/chat"):
-            continue
-        failed = labels.get("http_response_code", "").startswith("5")
-        if s.name == "bentoml_service_request_total":
-            if failed:
-                c.errors += s.value
-            else:
-                c.ok += s.value
-        elif s.name == "bentoml_service_request_duration_seconds_bucket" and not failed:
-            le = float(labels["le"])
-            c.buckets[le] = c.buckets.get(le, 0.0) + s.value
-    return c
+    return gateway_counts(text)

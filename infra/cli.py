@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -240,13 +241,47 @@ def promote_modal(router_url: str, dict_name: str, live_url: str | None, candida
 )
 @click.option("--dry-run", is_flag=True, help="Print the kubectl commands the promotion would run, and run none.")
 @click.option("--rollback", is_flag=True, help="Only patch canaryTrafficPercent to 0 (all traffic to the previous revision), now.")
+@click.option(
+    "--prometheus-url",
+    envvar="RAGSERVE_PROMETHEUS_URL",
+    help="Prometheus server that scrapes the revisions' pods (see infra/kserve/prometheus/): each step's requests, errors, "
+    "time to first text and pace per revision, summed over its pods. Without it they are read from each tag URL's /metrics, "
+    "one pod per read: right only while each revision runs on one pod. Keep --step-seconds at two scrape intervals or more.",
+)
+@click.option(
+    "--revision-label",
+    default="serving_knative_dev_revision",
+    show_default=True,
+    help="The label carrying the Knative revision name on the scraped series (what the scrape job's labelmap gives it).",
+)
+@click.option(
+    "--router-url",
+    help="The `ragserve router` in front of the InferenceService (infra/kserve/router; admin key from "
+    "RAGSERVE_ROUTER_ADMIN_KEY), for --shadow-seconds: it copies live requests to the latest revision and compares the answers.",
+)
 @policy_options
-def promote_kserve(name: str, namespace: str, kubectl: str | None, dry_run: bool, rollback: bool, **kw) -> None:
+def promote_kserve(
+    name: str,
+    namespace: str,
+    kubectl: str | None,
+    dry_run: bool,
+    rollback: bool,
+    prometheus_url: str | None,
+    revision_label: str,
+    router_url: str | None,
+    **kw,
+) -> None:
     """Promote the latest revision of an InferenceService (applied with the green overlay at
     canaryTrafficPercent 0) by patching canaryTrafficPercent step by step."""
-    from .backends import KServeBackend, default_kubectl
+    import os
 
-    backend = KServeBackend(name, namespace, kubectl or default_kubectl(), echo=lambda line: click.echo(line, err=True))
+    from .backends import KServeBackend, default_kubectl, local_backend
+    from .prometheus import Prometheus
+
+    prometheus = Prometheus(prometheus_url, namespace, revision_label) if prometheus_url else None
+    router = local_backend(router_url, os.environ.get("RAGSERVE_ROUTER_ADMIN_KEY")) if router_url else None
+    echo = functools.partial(click.echo, err=True)
+    backend = KServeBackend(name, namespace, kubectl or default_kubectl(), echo=echo, prometheus=prometheus, router=router)
     if dry_run:
         steps = [int(p) for p in kw["steps"].split(",")]
         for line in backend.plan(steps):

@@ -2,9 +2,9 @@
 
 Before traffic: it answers (smoke), it guards and retrieves as well as the frozen eval set asks
 (quality), and it is not slower than the live version measured in the same run (performance).
-While traffic shifts: its error rate, and its time to first text, total time and pace from the
-router's metrics (time to headers where only that is measured), against the live slot's over the
-same window.
+While traffic shifts: its error rate, and its time to first text, total time and pace (from the
+router's metrics, or each KServe revision's gateways; time to headers where only that is
+measured), against the live slot's over the same window.
 """
 
 from __future__ import annotations
@@ -276,6 +276,37 @@ def router_counts(metrics_text: str) -> dict[str, SlotCounts]:
     return counts
 
 
+GATEWAY_HISTOGRAMS = {  # SlotCounts field -> the gateway's own histogram (bentos/web/timing.py)
+    "ttft": "ragserve_chat_ttft_seconds",
+    "rate": "ragserve_chat_stream_rate",
+    "total": "ragserve_chat_total_seconds",
+}
+
+
+def gateway_counts(metrics_text: str) -> SlotCounts:
+    """One gateway's counts of chat requests from its /metrics: BentoML's request counter and
+    duration (which also carry the model service's, told apart by ``service_name``) and the
+    gateway's felt-latency histograms."""
+    c = SlotCounts()
+    for s in samples(metrics_text):
+        labels = s.labels
+        for name, metric in GATEWAY_HISTOGRAMS.items():
+            if s.name == metric + "_bucket":
+                getattr(c, name)[float(labels["le"])] = s.value
+        if labels.get("service_name") != "ragserve-gateway" or not labels.get("endpoint", "").startswith("/v1/chat"):
+            continue
+        failed = labels.get("http_response_code", "").startswith("5")
+        if s.name == "bentoml_service_request_total":
+            if failed:
+                c.errors += s.value
+            else:
+                c.ok += s.value
+        elif s.name == "bentoml_service_request_duration_seconds_bucket" and not failed:
+            le = float(labels["le"])
+            c.buckets[le] = c.buckets.get(le, 0.0) + s.value
+    return c
+
+
 def step_verdict(
     percent: int,
     candidate: SlotCounts,
@@ -286,9 +317,9 @@ def step_verdict(
     min_rate_ratio: float = 0.67,
 ) -> Verdict:
     """The candidate's error rate, and its latency against the live slot's in the same window:
-    where the router measures what users feel, the P99 time to first text of streams, the P99
-    total time of plain answers and the median pace of streams (chunks with text per second);
-    elsewhere (a KServe revision's own metrics) the P99 time to response headers."""
+    where what users feel is measured (the router per slot, a KServe revision's gateways), the P99
+    time to first text of streams, the P99 total time of plain answers and the median pace of
+    streams (chunks with text per second); elsewhere the P99 time to response headers."""
     error_rate = candidate.errors / candidate.attempts if candidate.attempts else 0.0
     figures: dict = {
         "percent": percent,

@@ -25,12 +25,12 @@ PORT = 3000
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are large: libyaml when present
 
 
-def render(overlay: str) -> list[dict]:
-    """`kubectl kustomize infra/kserve/overlays/<overlay>` as a list of objects."""
+def render(overlay: str, under: str = "overlays") -> list[dict]:
+    """`kubectl kustomize infra/kserve/<under>/<overlay>` as a list of objects."""
     kubectl = shutil.which(default_kubectl())
     if kubectl is None:
         raise FileNotFoundError("kubectl is not installed; it renders the overlays (`kubectl kustomize`): run `make setup`")
-    out = subprocess.run([kubectl, "kustomize", str(KSERVE_DIR / "overlays" / overlay)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([kubectl, "kustomize", str(KSERVE_DIR / under / overlay)], capture_output=True, text=True, check=True).stdout
     return [d for d in yaml.load_all(out, Loader=LOADER) if d]
 
 
@@ -67,10 +67,61 @@ def load_crd_schemas(folder: Path) -> dict[tuple[str, str], dict]:
     return schemas
 
 
+# Kubernetes' own kinds the manifests use, and the client model that describes each.
+CORE_KINDS = {
+    ("apps/v1", "Deployment"): "V1Deployment",
+    ("v1", "Service"): "V1Service",
+    ("v1", "ConfigMap"): "V1ConfigMap",
+    ("v1", "Secret"): "V1Secret",
+    ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
+    ("batch/v1", "CronJob"): "V1CronJob",
+}
+PRIMITIVES = {
+    "str": "string",
+    "bytes": "string",
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "datetime": "string",
+    "date": "string",
+}
+
+
+def core_schemas() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) -> strict JSON schema for Kubernetes' own kinds, from the `kubernetes`
+    client's models (generated from the API's OpenAPI spec: every field's JSON name and type).
+    Unknown fields are refused, as for the CRDs; quantities are strings there, so quote them."""
+    from kubernetes.client import models
+
+    definitions: dict[str, dict] = {}
+
+    def of(t: str) -> dict:
+        if t.startswith("List["):
+            return {"type": "array", "items": of(t[5:-1])}
+        if t.startswith("Dict["):
+            return {"type": "object", "additionalProperties": of(t[5:-1].split(", ", 1)[1])}
+        if t == "object":  # int-or-string and free-form fields
+            return {}
+        if t in PRIMITIVES:
+            return {"type": PRIMITIVES[t]}
+        if t not in definitions:
+            definitions[t] = {}  # placeholder first: models may refer to themselves
+            cls = getattr(models, t)
+            definitions[t] = {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {cls.attribute_map[name]: of(kind) for name, kind in cls.openapi_types.items()},
+            }
+        return {"$ref": f"#/definitions/{t}"}
+
+    roots = {key: of(model) for key, model in CORE_KINDS.items()}
+    return {key: {**root, "definitions": definitions} for key, root in roots.items()}
+
+
 def schema_errors(doc: dict, schemas: dict[tuple[str, str], dict]) -> list[str]:
     key = (doc.get("apiVersion"), doc.get("kind"))
     if key not in schemas:
-        return [f"no CRD schema for {key[1]} {key[0]}"]
+        return [f"no schema for {key[1]} {key[0]}"]
     name = doc.get("metadata", {}).get("name")
     return [
         f"{key[1]}/{name}: {'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
@@ -133,6 +184,10 @@ def rule_errors(docs: list[dict]) -> list[str]:
         name, annotations = d["metadata"]["name"], d["metadata"].get("annotations", {})
         predictor = d["spec"]["predictor"]
         mode = annotations.get("serving.kserve.io/deploymentMode", "Serverless")
+        if annotations.get("serving.kserve.io/enable-prometheus-scraping") != "true":
+            errors.append(
+                f'InferenceService/{name}: set serving.kserve.io/enable-prometheus-scraping: "true" (the promotion\'s step figures)'
+            )
         if predictor.get("minReplicas") != 0:
             errors.append(f"InferenceService/{name}: minReplicas must be 0 (scale to zero)")
         if mode != "Serverless":

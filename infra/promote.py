@@ -93,6 +93,7 @@ class Promotion:
         self, backend: Backend, cases: list[EvalCase], policy: Policy, api_key: str | None, emit: Callable[[dict], None] = print_json
     ):
         self.backend, self.cases, self.policy, self.api_key, self.emit = backend, cases, policy, api_key, emit
+        self.live_baseline: tuple[int, gates.SlotCounts] | None = None  # (step, live's counts in it)
 
     def decide(self, outcome: Outcome, event: str, verdict: Verdict | None = None, **figures) -> None:
         entry = {"ts": round(time.time(), 3), "event": event}
@@ -194,17 +195,28 @@ class Promotion:
     def watch(self, cand_url: str, candidate: Slot, live: Slot, percent: int) -> Verdict:
         """Hold a step for ``step_s`` and until the candidate has served ``min_step_requests`` (no
         evidence, no promotion), checking every second: a candidate that stops being ready or whose
-        errors already exceed the budget ends the step at once."""
+        errors already exceed the budget ends the step at once. Where live serves too little in
+        the window to compare with (the 100% step), its figures from the last step that had them
+        are the baseline."""
         p = self.policy
-        before = self.backend.counts()
+        since = self.backend.window()
         started = time.monotonic()
         while True:
             time.sleep(1.0)
-            now = self.backend.counts()
-            delta = {slot: now.get(slot, gates.SlotCounts()).minus(before.get(slot, gates.SlotCounts())) for slot in (candidate, live)}
+            served = since()
+            delta = {slot: served.get(slot, gates.SlotCounts()) for slot in (candidate, live)}
+            baseline = delta[live]
+            own = baseline.attempts >= max(p.min_step_requests, 1)
+            if own:
+                self.live_baseline = (percent, baseline)
+            elif self.live_baseline:
+                baseline = self.live_baseline[1]
             verdict = gates.step_verdict(
-                percent, delta[candidate], delta[live], p.max_error_rate, p.max_latency_ratio, p.min_step_requests, p.min_tps_ratio
+                percent, delta[candidate], baseline, p.max_error_rate, p.max_latency_ratio, p.min_step_requests, p.min_tps_ratio
             )
+            verdict.figures["live_requests"] = int(delta[live].attempts)
+            if not own and self.live_baseline:
+                verdict.figures["live_baseline"] = f"step {self.live_baseline[0]}%"
             held = time.monotonic() - started
             verdict.figures["held_s"] = round(held, 1)
             if not gates.is_ready(cand_url):

@@ -33,9 +33,9 @@ from starlette.routing import Route
 
 from bentos.web.logs import AccessLog
 from bentos.web.relay import HOP_HEADERS, body_of, http_client
+from bentos.web.timing import FELT_BUCKETS, RATE_BUCKETS, Timing
 
 from .shadow import Mirror, captured
-from .timing import Timing
 from .traffic import SLOTS, Slot, Traffic
 
 log = logging.getLogger("infra.router")
@@ -44,9 +44,6 @@ log = logging.getLogger("infra.router")
 NOT_FORWARDED = (HOP_HEADERS - {"content-encoding"}) | {"host", "upgrade"}
 UPSTREAM_HEADER = "x-ragserve-upstream"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-# What users feel, compared as ratios of P99s: fine enough that one bucket's width is no verdict.
-FELT_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
-RATE_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 
 def error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from .timing import Timing
+from bentos.web.timing import Timing
 
 MAX_CAPTURED = 1 << 20  # bytes of one answer kept for the comparison
 MAX_COMPARED_CHARS = 4000  # answer similarity reads this much of each text

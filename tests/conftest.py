@@ -142,6 +142,9 @@ def stack_env(tmp_path: Path, api_key: str, extra: dict[str, str]) -> tuple[dict
     build_index(db)
     port = free_port()
     env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_API_KEY": api_key, "RAGSERVE_DB": str(db), **extra}
+    # BentoML keeps every server's metric files in BENTOML_HOME/prometheus_multiproc_dir and empties
+    # it when a server starts: two stacks under one home would each report the other's figures.
+    env["BENTOML_HOME"] = str(tmp_path / "bentoml")
     env.pop("PORT", None)
     return env, db, port
 

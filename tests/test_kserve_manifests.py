@@ -4,25 +4,30 @@ ServingRuntime validates against KServe's real CRD schemas (unknown fields refus
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from infra.manifests import (
     OVERLAYS,
+    core_schemas,
     load_crd_schemas,
     render,
     rule_errors,
     schema_errors,
 )
 
-SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared" / "schemas" / "kserve"
-
-pytestmark = pytest.mark.skipif(not SCHEMAS.is_dir(), reason=f"KServe CRD schemas not found at {SCHEMAS} (../shared is absent)")
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMAS = ROOT.parent / "shared" / "schemas" / "kserve"
 
 
 @pytest.fixture(scope="module")
 def schemas():
+    if not SCHEMAS.is_dir():
+        pytest.skip(f"KServe CRD schemas not found at {SCHEMAS} (../shared is absent)")
     return load_crd_schemas(SCHEMAS)
 
 
@@ -97,6 +102,7 @@ def test_rules_catch_a_bad_deployment(rendered):
     isvc, runtime = by_kind(docs, "InferenceService"), by_kind(docs, "ServingRuntime")
     isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "RawDeployment"
     isvc["spec"]["predictor"]["minReplicas"] = 1
+    del isvc["metadata"]["annotations"]["serving.kserve.io/enable-prometheus-scraping"]
     container = runtime["spec"]["containers"][0]
     del container["resources"]["limits"]["nvidia.com/gpu"]
     del container["startupProbe"]
@@ -109,5 +115,55 @@ def test_rules_catch_a_bad_deployment(rendered):
         "startup probes must use /readyz",
         "startup budget",
         "/dev/shm",
+        "enable-prometheus-scraping",
     ):
         assert expected in text, text
+
+
+@pytest.fixture(scope="module")
+def router_docs():
+    return {d["kind"]: d for d in render("router", under=".")}
+
+
+def test_the_router_in_front_renders_and_validates(router_docs):
+    """infra/kserve/router: Kubernetes' own kinds, checked against the API's models with unknown
+    fields refused; the strict schema catches what the API server would prune or refuse."""
+    core = core_schemas()
+    assert sorted(router_docs) == ["Deployment", "Service"]
+    for doc in router_docs.values():
+        assert schema_errors(doc, core) == []
+    bad = copy.deepcopy(router_docs["Deployment"])
+    bad["spec"]["replica"] = 1
+    bad["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = 1024
+    errors = "\n".join(schema_errors(bad, core))
+    assert "'replica' was unexpected" in errors and "1024 is not of type 'string'" in errors
+
+
+def test_the_router_sends_live_to_the_inferenceservice_and_shadows_the_latest_revision(router_docs):
+    deployment, service = router_docs["Deployment"], router_docs["Service"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    # Live through KServe's own split; the shadow slot is the latest revision's tag route.
+    assert env["RAGSERVE_ROUTER_BLUE"]["value"] == "http://ragserve-predictor.$(POD_NAMESPACE).svc.cluster.local"
+    assert env["RAGSERVE_ROUTER_GREEN"]["value"] == "http://latest-ragserve-predictor.$(POD_NAMESPACE).svc.cluster.local"
+    names = list(env)  # Kubernetes expands $(POD_NAMESPACE) only from variables defined before
+    assert names.index("POD_NAMESPACE") < names.index("RAGSERVE_ROUTER_BLUE")
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "secretKeyRef" in env["RAGSERVE_ROUTER_ADMIN_KEY"]["valueFrom"] and env["RAGSERVE_ROUTER_HOST"]["value"] == "0.0.0.0"
+    assert deployment["spec"]["replicas"] == 1  # the shadow setting and its pairs live in one process
+    assert service["spec"]["ports"][0]["targetPort"] == int(env["RAGSERVE_ROUTER_PORT"]["value"]) == 3000
+    # The command exists in the release image: infra/ is in the Bento and `python -m infra` is the router.
+    assert container["command"] == ["python", "-m", "infra"]
+    assert "infra/*.py" in yaml.safe_load((ROOT / "bentofile.yaml").read_text())["include"]
+    r = subprocess.run([sys.executable, "-m", "infra", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "RAGSERVE_ROUTER_ADMIN_KEY" in r.stdout, r.stderr
+
+
+def test_the_prometheus_job_keeps_what_the_promotion_queries():
+    """The shipped scrape job maps pod labels to series labels (the revision) and keeps the
+    namespace; test_promotion.py runs it in a real Prometheus."""
+    [job] = yaml.safe_load((ROOT / "infra" / "kserve" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    rules = job["relabel_configs"]
+    assert {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"} in rules
+    assert any(r.get("target_label") == "namespace" for r in rules)
+    assert job["kubernetes_sd_configs"] == [{"role": "pod"}]

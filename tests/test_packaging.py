@@ -62,6 +62,7 @@ def test_bentoml_build(tmp_path):
     assert tag.startswith("ragserve:"), r.stdout
     bento_dir = tmp_path / "bentos" / "ragserve" / tag.split(":", 1)[1]
     assert (bento_dir / "src" / "bentos" / "gateway.py").is_file()
+    assert (bento_dir / "src" / "infra" / "__main__.py").is_file()  # the router KServe runs from the same image
     assert not (bento_dir / "src" / "tests").exists() and not (bento_dir / "src" / "bentos" / "tools").exists()
 
 

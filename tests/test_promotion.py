@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 from click.testing import CliRunner
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,12 +29,12 @@ from bentos.model.engine import free_port
 from bentos.tools.cli import main as ragserve
 from bentos.tools.launch import answers, serving, wait_for
 from bentos.web.relay import body_of
+from bentos.web.timing import TEXT_CHUNK
 from conftest import record
 from infra import gates
 from infra.backends import local_backend
 from infra.promote import Policy, Promotion
 from infra.router import UPSTREAM_HEADER
-from infra.timing import TEXT_CHUNK
 
 pytestmark = pytest.mark.stack
 
@@ -60,27 +61,12 @@ def eval_set(tmp_path_factory) -> str:
     return str(path)
 
 
-# Short steps for the test; the defaults (30 s, 10 requests) are for real traffic. The bounds
-# that compare the stacks are widened: here two engines, two routers, the load and pytest share
-# two cores, the guarded stack does more work per request than the rails-off one, and its engine
-# shares core 0 with everything else. Measured here: TTFT ratios of 1.0-1.6 between idle stacks,
-# and a step's P99 of 4.9 s against 0.25 s once (a P99 over a handful of requests is their
-# maximum). The gates failing at their defaults: test_performance_gate_fails_a_slower_candidate
-# here, and test_histogram_quantile_and_step_verdict in test_router.py.
-FAST = [
-    "--step-seconds",
-    "4",
-    "--min-step-requests",
-    "2",
-    "--ready-timeout-seconds",
-    "60",
-    "--max-ttft-ratio",
-    "3",
-    "--min-tps-ratio",
-    "0.33",
-    "--max-latency-ratio",
-    "50",
-]
+# Short steps for the test (the defaults, 30 s and 10 requests, are for real traffic); every gate
+# that compares the candidate with live keeps its default. A candidate that should pass is a new
+# revision of the live release (the guarded stack behind a proxy), as a real rollout mostly is;
+# the gates failing clearly worse ones at the same settings: test_performance_gate_fails_a_slower_candidate,
+# test_step_gate_rolls_back_a_candidate_slow_under_traffic and the shadow stage's slowed candidate.
+FAST = ["--ready-timeout-seconds", "60", "--step-seconds", "4", "--min-step-requests", "2"]
 
 
 class SteadyLoad:
@@ -135,12 +121,13 @@ class SteadyLoad:
 
 
 @contextmanager
-def router(blue: str, tmp_path: Path):
+def router(blue: str, tmp_path: Path, green: str | None = None):
     """`ragserve router` as its own process, all traffic on ``blue``."""
     port = free_port()
     log = open(tmp_path / "router.log", "w")
+    slots = ["--blue", blue, *(["--green", green] if green else [])]
     proc = subprocess.Popen(
-        [str(BIN / "ragserve"), "router", "--blue", blue, "--port", str(port), "--state", str(tmp_path / "traffic.json")],
+        [str(BIN / "ragserve"), "router", *slots, "--port", str(port), "--state", str(tmp_path / "traffic.json")],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -173,19 +160,33 @@ def report(what: str, load: SteadyLoad, decisions: list[dict]) -> None:
     record(f"{what}: {load.sent} requests sent, {load.failed} failed, served by {dict(load.served_by)}{extra}")
 
 
-def test_local_promotion_under_load_loses_no_request(stack, unguarded_stack, tmp_path, eval_set):
-    """The guarded stack is promoted over the rails-off one in 10/50/100% steps."""
-    with router(unguarded_stack.url, tmp_path) as url, SteadyLoad(url, stack.api_key) as load:
+def promote_revision_under_load(stack, tmp_path: Path, eval_set: str, fault) -> tuple[int, list[dict], str, dict, SteadyLoad]:
+    """`ragserve promote local` of a new revision of the guarded release (the stack behind a proxy
+    that misbehaves as ``fault`` says) over the stack itself, under steady load through the router;
+    returns the exit code, the decisions, stderr, the final weights and the load."""
+    with (
+        serving(proxy_with_fault(stack.url, fault)) as revision,
+        router(stack.url, tmp_path) as url,
+        SteadyLoad(url, stack.api_key) as load,
+    ):
         code, decisions, err = promote(
-            "local", "--router", url, "--candidate-url", stack.url, "--eval", eval_set, "--api-key", stack.api_key, *FAST
+            "local", "--router", url, "--candidate-url", revision, "--eval", eval_set, "--api-key", stack.api_key, *FAST
         )
         weights = httpx.get(url + "/-/traffic").json()["weights"]
+    return code, decisions, err, weights, load
+
+
+def test_local_promotion_under_load_loses_no_request(stack, tmp_path, eval_set):
+    """A new revision of the guarded release is promoted in 10/50/100% steps."""
+    code, decisions, err, weights, load = promote_revision_under_load(stack, tmp_path, eval_set, no_fault)
     report("promotion", load, decisions)
     assert code == 0, err
     gates = gates_of(decisions)
     assert all(gates[g]["passed"] for g in ("ready", "smoke", "quality", "performance", "step 10%", "step 50%", "step 100%")), decisions
     assert gates["quality"]["figures"]["block_rate"] == 1.0 and gates["performance"]["figures"]["ttft_ratio"] > 0
     assert decisions[-1]["event"] == "promoted" and weights == {"blue": 0, "green": 100}
+    # At 100% live serves almost nothing in the window: the candidate is compared with live as the 50% step measured it.
+    assert gates["step 100%"]["figures"]["live_baseline"] == "step 50%" and "candidate_ttft_p99_ms" in gates["step 100%"]["figures"]
     assert load.failed == 0, load.errors[:5]
     assert load.sent >= 20 and load.served_by["green"] > 0 and load.served_by["blue"] > 0
 
@@ -248,16 +249,8 @@ def test_performance_gate_fails_a_slower_candidate(stack):
     assert not verdict.passed and "TTFT" in verdict.reason and verdict.figures["ttft_ratio"] > 1.5
 
 
-def test_candidate_failing_under_traffic_is_rolled_back_mid_step(stack, unguarded_stack, tmp_path, eval_set):
-    with (
-        serving(proxy_with_fault(stack.url, fails_routed_chat)) as faulty,
-        router(unguarded_stack.url, tmp_path) as url,
-        SteadyLoad(url, stack.api_key) as load,
-    ):
-        code, decisions, err = promote(
-            "local", "--router", url, "--candidate-url", faulty, "--eval", eval_set, "--api-key", stack.api_key, *FAST
-        )
-        weights = httpx.get(url + "/-/traffic").json()["weights"]
+def test_candidate_failing_under_traffic_is_rolled_back_mid_step(stack, tmp_path, eval_set):
+    code, decisions, err, weights, load = promote_revision_under_load(stack, tmp_path, eval_set, fails_routed_chat)
     report("rollback mid-step", load, decisions)
     assert code == 1, err
     gates = gates_of(decisions)
@@ -268,8 +261,27 @@ def test_candidate_failing_under_traffic_is_rolled_back_mid_step(stack, unguarde
     assert load.failed == 0, load.errors[:5]  # the router retried every failed attempt on blue
 
 
-def test_modal_backend_moves_weights_in_the_dict(stack, unguarded_stack, monkeypatch, eval_set):
-    """`ragserve promote modal` against the Modal router app run locally, both sharing a stand-in Dict."""
+async def slow_routed_chat(request: Request) -> None:
+    """Passes every gate before traffic, then answers routed chats 2 s late (headers included)."""
+    if request.url.path.endswith("/chat/completions") and "x-forwarded-for" in request.headers:
+        await asyncio.sleep(2.0)
+
+
+def test_step_gate_rolls_back_a_candidate_slow_under_traffic(stack, tmp_path, eval_set):
+    """The step latency gate at its default, on the same stacks and steps as the promotion that
+    passes: a candidate whose answers reach users 2 s later fails step 10% on time to first text."""
+    code, decisions, err, weights, load = promote_revision_under_load(stack, tmp_path, eval_set, slow_routed_chat)
+    report("rollback on the step latency gate", load, decisions)
+    assert code == 1, err
+    step = gates_of(decisions)["step 10%"]
+    assert not step["passed"] and "time to first text P99" in step["reason"], step
+    assert weights == {"blue": 100, "green": 0}
+    assert load.failed == 0, load.errors[:5]
+
+
+def test_modal_backend_moves_weights_in_the_dict(stack, monkeypatch, eval_set):
+    """`ragserve promote modal` against the Modal router app run locally, both sharing a stand-in
+    Dict; the candidate is a new revision of the live release."""
     import modal
 
     import modal_apps.router as modal_router
@@ -278,9 +290,9 @@ def test_modal_backend_moves_weights_in_the_dict(stack, unguarded_stack, monkeyp
     monkeypatch.setattr(modal_router, "traffic", fake_dict)
     monkeypatch.setattr(modal.Dict, "from_name", classmethod(lambda cls, name, **kw: fake_dict))
     app = modal_router.router.local()
-    with serving(app) as url:
+    with serving(app) as url, serving(proxy_with_fault(stack.url, no_fault)) as revision:
         # First use: --live-url creates the routing table (and --rollback alone changes nothing more).
-        first = CliRunner().invoke(ragserve, ["promote", "modal", "--router-url", url, "--live-url", unguarded_stack.url, "--rollback"])
+        first = CliRunner().invoke(ragserve, ["promote", "modal", "--router-url", url, "--live-url", stack.url, "--rollback"])
         assert first.exit_code == 0 and json.loads(fake_dict["traffic"])["weights"] == {"blue": 100, "green": 0}, first.output
         args = [
             "promote",
@@ -288,7 +300,7 @@ def test_modal_backend_moves_weights_in_the_dict(stack, unguarded_stack, monkeyp
             "--router-url",
             url,
             "--candidate-url",
-            stack.url,
+            revision,
             "--eval",
             eval_set,
             "--api-key",
@@ -307,8 +319,10 @@ def test_modal_backend_moves_weights_in_the_dict(stack, unguarded_stack, monkeyp
 
 
 FAKE_KUBECTL = '''#!{python}
-"""kubectl for one InferenceService whose status is kept in a JSON file; every call is logged."""
-import json, sys
+"""kubectl for one InferenceService whose status is kept in a JSON file; every call is logged. With
+a router in the state, a patch also moves the router's weights, as Knative's ingress would split
+requests by canaryTrafficPercent."""
+import json, sys, urllib.request
 state_path, log_path = {state!r}, {log!r}
 args = sys.argv[1:]
 open(log_path, "a").write(json.dumps(args) + "\\n")
@@ -317,7 +331,11 @@ verb, kind, name, ns = args[0], args[1], args[2], args[args.index("-n") + 1]
 if (kind, name, ns) != ("inferenceservice", state["name"], state["namespace"]):
     sys.exit(f'Error from server (NotFound): inferenceservices.serving.kserve.io "{{name}}" not found')
 if verb == "patch":
-    state["percent"] = json.loads(args[args.index("-p") + 1])["spec"]["predictor"]["canaryTrafficPercent"]
+    p = state["percent"] = json.loads(args[args.index("-p") + 1])["spec"]["predictor"]["canaryTrafficPercent"]
+    if state["router"]:
+        table = {{"upstreams": {{"blue": state["prev"], "green": state["latest"]}}, "weights": {{"blue": 100 - p, "green": p}}}}
+        put = urllib.request.Request(state["router"] + "/-/traffic", json.dumps(table).encode(), method="PUT")
+        urllib.request.urlopen(put, timeout=10).read()
     json.dump(state, open(state_path, "w"))
     print("inferenceservice.serving.kserve.io/" + name + " patched")
 elif verb == "get":
@@ -329,9 +347,9 @@ elif verb == "get":
 '''
 
 
-def fake_kubectl(tmp_path: Path, prev: str, latest: str) -> tuple[Path, Path, Path]:
+def fake_kubectl(tmp_path: Path, prev: str, latest: str, router: str | None = None) -> tuple[Path, Path, Path]:
     state, log, exe = tmp_path / "isvc.json", tmp_path / "kubectl.log", tmp_path / "kubectl"
-    state.write_text(json.dumps({"name": "ragserve", "namespace": "llm", "percent": 0, "prev": prev, "latest": latest}))
+    state.write_text(json.dumps({"name": "ragserve", "namespace": "llm", "percent": 0, "prev": prev, "latest": latest, "router": router}))
     exe.write_text(FAKE_KUBECTL.format(python=sys.executable, state=str(state), log=str(log)))
     exe.chmod(0o755)
     return exe, state, log
@@ -346,44 +364,110 @@ async def no_fault(request: Request) -> None:
     return None
 
 
-@pytest.mark.parametrize("good", [True, False], ids=["promoted", "rolled-back"])
-def test_kserve_backend_patches_canary_traffic(stack, unguarded_stack, tmp_path, good, eval_set):
-    """Gates run against the revisions' own URLs; traffic moves only through canaryTrafficPercent.
-    The good candidate is a new revision of the live release (the guarded stack, behind a proxy
-    so the two tag URLs differ), so the default gates hold; the bad one has its rails off."""
-    with serving(proxy_with_fault(stack.url, no_fault)) as same_release:
-        latest = same_release if good else unguarded_stack.url
-        exe, state, log = fake_kubectl(tmp_path, prev=stack.url, latest=latest)
-        result = CliRunner().invoke(
-            ragserve,
-            [
-                "promote",
-                "kserve",
-                "-n",
-                "llm",
-                "--kubectl",
-                str(exe),
-                "--eval",
-                eval_set,
-                "--api-key",
-                stack.api_key,
-                "--step-seconds",
-                "1",
-                "--min-step-requests",
-                "0",
-            ],
-        )
-    if good:
-        assert result.exit_code == 0, result.output
-        assert patches(log) == [10, 50, 100] and json.loads(state.read_text())["percent"] == 100
-        gets = [c for c in map(json.loads, log.read_text().splitlines()) if c[0] == "get"]
-        # One read at the start, one to confirm each patch, one for the final table; no polling
-        # of URLs that do not change.
-        assert len(gets) <= 2 + len(patches(log)), f"{len(gets)} gets of the InferenceService"
-    else:
-        assert result.exit_code == 1, result.output
-        assert patches(log) == [0] and json.loads(state.read_text())["percent"] == 0
-        assert "rolled back: quality failed" in result.output
+PROMETHEUS = ROOT / "build" / "prometheus" / "usr" / "bin" / "prometheus"
+
+
+@contextmanager
+def prometheus(pods: dict[str, str], tmp_path: Path):
+    """A real Prometheus running the shipped scrape job (infra/kserve/prometheus/prometheus.yml)
+    every second. Debian's build has no Kubernetes discovery, so each "pod" (revision name -> a
+    stack's URL) is a static target carrying the labels pod discovery would give it; the job's
+    own relabel rules turn them into the series labels the promotion queries."""
+    if not PROMETHEUS.is_file():
+        pytest.fail(f"no Prometheus at {PROMETHEUS}: `make test` unpacks Debian's package there (make {PROMETHEUS.relative_to(ROOT)})")
+    config = yaml.safe_load((ROOT / "infra" / "kserve" / "prometheus" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    [job] = config["scrape_configs"]
+    del job["kubernetes_sd_configs"]
+    job["static_configs"] = [
+        {
+            "targets": ["127.0.0.1:9"],  # the pod's IP and its first container port; the annotation gives the port
+            "labels": {
+                "__meta_kubernetes_namespace": "llm",
+                "__meta_kubernetes_pod_name": f"{revision}-deployment-0",
+                "__meta_kubernetes_pod_label_serving_knative_dev_revision": revision,
+                "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+                "__meta_kubernetes_pod_annotation_prometheus_io_port": str(httpx.URL(url).port),
+                "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
+            },
+        }
+        for revision, url in pods.items()
+    ]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = open(tmp_path / "prometheus.log", "w")
+    proc = subprocess.Popen(
+        [
+            str(PROMETHEUS),
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def scraped() -> bool:
+        r = httpx.get(url + "/api/v1/query", params={"query": 'sum(up{serving_knative_dev_revision!="",namespace="llm"})'})
+        return r.status_code == 200 and [float(x["value"][1]) for x in r.json()["data"]["result"]] == [len(pods)]
+
+    try:
+        wait_for(lambda: answers(url + "/-/ready"), 30, "Prometheus ready")
+        wait_for(scraped, 30, "Prometheus scraping every revision through the shipped relabel rules")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_kserve_promotion_reads_each_step_from_prometheus(stack, unguarded_stack, tmp_path, eval_set):
+    """The KServe backend against a stand-in kubectl whose patches move a real router's weights
+    (Knative's split), the two stacks as the two revisions' pods, and a real Prometheus scraping
+    them: each step's figures per revision come from Prometheus, with the default minimum of
+    requests per step. The same router is the one in front (--router-url) whose shadow slot is
+    the latest revision: a shadow stage runs first. Each revision needs its own metrics, so the
+    new revision is the guarded stack over the rails-off one: two releases that differ by the
+    rails. Only the bounds comparing them before traffic are widened for that (TTFT ratios of
+    1.0-1.6 measured between the idle stacks here); the step and shadow gates keep their defaults."""
+    revisions = {"ragserve-predictor-00001": unguarded_stack.url, "ragserve-predictor-00002": stack.url}
+    with prometheus(revisions, tmp_path) as prom, router(unguarded_stack.url, tmp_path, green=stack.url) as url:
+        exe, state, log = fake_kubectl(tmp_path, prev=unguarded_stack.url, latest=stack.url, router=url)
+        with SteadyLoad(url, stack.api_key) as load:
+            code, decisions, err = promote(
+                "kserve", "-n", "llm", "--kubectl", str(exe), "--prometheus-url", prom, "--eval", eval_set,
+                "--api-key", stack.api_key, "--steps", "50,100", "--step-seconds", "4", "--ready-timeout-seconds", "60",
+                "--max-ttft-ratio", "3", "--min-tps-ratio", "0.33",
+                "--router-url", url, "--shadow-seconds", "4",
+            )  # fmt: skip
+    report("kserve promotion from Prometheus", load, decisions)
+    assert code == 0, err
+    steps = gates_of(decisions)
+    record(f"kserve steps read from Prometheus: {steps['step 50%']['figures']} / {steps['step 100%']['figures']}")
+    record(f"kserve shadow stage through the router in front: {steps['shadow']['figures']}")
+    assert steps["shadow"]["passed"] and steps["shadow"]["figures"]["pairs"] >= Policy().min_shadow_pairs
+    assert "step figures from Prometheus" in decisions[0]["backend"]
+    assert patches(log) == [50, 100] and json.loads(state.read_text())["percent"] == 100
+    gets = [c for c in map(json.loads, log.read_text().splitlines()) if c[0] == "get"]
+    # One read at the start, one to confirm each patch, one for the final table: no polling.
+    assert len(gets) <= 2 + len(patches(log)), f"{len(gets)} gets of the InferenceService"
+    half, full = steps["step 50%"]["figures"], steps["step 100%"]["figures"]
+    assert half["candidate_requests"] >= Policy().min_step_requests and full["candidate_requests"] >= Policy().min_step_requests
+    assert half["live_requests"] > 0 and half["candidate_errors"] == 0
+    # Each revision's own figures: at 100% live only finishes what was in flight at the switch.
+    assert full["live_requests"] < full["candidate_requests"] / 4
+    # What users feel, per revision, from the gateways' own histograms.
+    assert half["candidate_ttft_p99_ms"] > 0 and half["live_ttft_p99_ms"] > 0 and half["candidate_stream_rate_p50"] > 0
+    assert load.failed == 0, load.errors[:5]
+
+
+def test_kserve_backend_rolls_back_a_candidate_without_guardrails(stack, unguarded_stack, tmp_path, eval_set):
+    """The rails-off stack as the latest revision fails the quality gate before any patch moves traffic."""
+    exe, state, log = fake_kubectl(tmp_path, prev=stack.url, latest=unguarded_stack.url)
+    code, decisions, err = promote("kserve", "-n", "llm", "--kubectl", str(exe), "--eval", eval_set, "--api-key", stack.api_key)
+    assert code == 1, err
+    assert patches(log) == [0] and json.loads(state.read_text())["percent"] == 0
+    assert "rolled back: quality failed" in err
 
 
 class MixedChats:
@@ -454,6 +538,17 @@ def slow_decoding(target: str, delay_s: float):
     return Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST"])])
 
 
+def instant_answers() -> Starlette:
+    """A chat endpoint that streams a fixed two-word answer at once."""
+
+    async def chat(request: Request) -> Response:
+        chunks = [{"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]} for word in ("Paris", " it is")]
+        events = [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+        return StreamingResponse(iter(events), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
 def test_shadow_stage_on_the_real_stacks(stack, unguarded_stack, tmp_path):
     """Live is the guarded stack. A copy of its chats goes to each candidate in turn: the same
     release passes; the rails-off stack fails on refusals before any user reaches it; the same
@@ -464,7 +559,16 @@ def test_shadow_stage_on_the_real_stacks(stack, unguarded_stack, tmp_path):
     policy = Policy(shadow_s=8, min_shadow_pairs=12)  # about three of them unsafe
     with router(stack.url, tmp_path) as url:
         with MixedChats(url, stack.api_key, unsafe) as alone:
-            time.sleep(8)
+            time.sleep(16)
+        # The router's own cost of mirroring (copy, second stream read to the end, comparison),
+        # apart from a candidate's work on the same two cores: a shadow that answers at once.
+        with serving(instant_answers()) as instant:
+            backend = local_backend(url)
+            backend.shift("green", 0, instant)
+            backend.shadow("green", 100)
+            with MixedChats(url, stack.api_key, unsafe) as mirrored:
+                time.sleep(16)
+            backend.shadow("green", 0)
         verdicts, loads = {}, {}
         with serving(proxy_with_fault(stack.url, no_fault)) as same, serving(slow_decoding(stack.url, 0.3)) as slowed:
             for name, candidate in (("same release", same), ("rails off", unguarded_stack.url), ("slowed decoding", slowed)):
@@ -476,10 +580,11 @@ def test_shadow_stage_on_the_real_stacks(stack, unguarded_stack, tmp_path):
     for name, verdict in verdicts.items():
         record(f"shadow stage, {name}: passed {verdict.passed} {verdict.figures} {verdict.reason}")
     record(
-        f"live TTFT p50/p95 without a shadow {alone.ttft_ms(0.5)}/{alone.ttft_ms(0.95)} ms ({len(alone.ttft)} streams); with one: "
-        + ", ".join(f"{n} {x.ttft_ms(0.5)}/{x.ttft_ms(0.95)} ms ({len(x.ttft)})" for n, x in loads.items())
+        f"live TTFT p50/p95 without a shadow {alone.ttft_ms(0.5)}/{alone.ttft_ms(0.95)} ms ({len(alone.ttft)} streams); "
+        f"all copied to an instant shadow {mirrored.ttft_ms(0.5)}/{mirrored.ttft_ms(0.95)} ms ({len(mirrored.ttft)}); "
+        "with a shadow stage on: " + ", ".join(f"{n} {x.ttft_ms(0.5)}/{x.ttft_ms(0.95)} ms ({len(x.ttft)})" for n, x in loads.items())
     )
     assert verdicts["same release"].passed, verdicts["same release"]
     assert not verdicts["rails off"].passed and "refusal agreement" in verdicts["rails off"].reason
     assert not verdicts["slowed decoding"].passed and "tokens/s" in verdicts["slowed decoding"].reason
-    assert alone.failed == 0 and all(x.failed == 0 for x in loads.values())
+    assert alone.failed == mirrored.failed == 0 and all(x.failed == 0 for x in loads.values())

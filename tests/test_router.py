@@ -298,3 +298,25 @@ def test_promote_cli_refuses_bad_policy_with_a_usage_error():
     assert result.exit_code == 2 and "end at 100" in result.output
     result = CliRunner().invoke(main, ["promote", "local", "--router", "http://127.0.0.1:9"])
     assert result.exit_code == 1 and "ragserve router" in result.output  # unreachable router: says how to start it
+
+
+def test_prometheus_reader_names_the_fix_when_it_cannot_read():
+    """An unreachable server, and one that refuses the query: both errors name what to check."""
+    from infra.prometheus import Prometheus, PrometheusError
+
+    with pytest.raises(PrometheusError, match="check --prometheus-url"):
+        Prometheus("http://127.0.0.1:9", "llm").counts_since("ragserve-predictor-00001", time.time() - 5)
+
+    async def bad_query(request: Request):
+        return JSONResponse({"status": "error", "errorType": "bad_data", "error": "parse error at char 3"}, 400)
+
+    with serving(Starlette(routes=[Route("/api/v1/query", bad_query)])) as url:
+        with pytest.raises(PrometheusError, match="parse error at char 3"):
+            Prometheus(url, "llm").counts_since("ragserve-predictor-00001", time.time() - 5)
+
+
+def test_kserve_shadow_without_a_router_in_front_says_how_to_add_one():
+    from infra.backends import BackendError, KServeBackend
+
+    with pytest.raises(BackendError, match="infra/kserve/router"):
+        KServeBackend("ragserve", "llm", run=lambda cmd: "{}").shadow("green", 100)

@@ -30,11 +30,13 @@ from bentos.web.schemas import (
     RetrieveResponse,
     engine_payload,
 )
+from bentos.web.timing import FeltLatency
 
 
 def create_gateway_app(settings: Settings) -> FastAPI:
     """Mounted at /v1; ``wire`` gives it what it serves with when the service starts."""
     app = openai_app(settings, "ragserve gateway", "Guarded, retrieval-augmented, OpenAI-compatible chat.", "bentos.access.gateway")
+    app.add_middleware(FeltLatency)  # outermost: the client's wait, queue and auth included
 
     @app.get("/models")
     async def list_models(request: Request) -> Response:

@@ -1,0 +1,113 @@
+"""When an answer is felt: a stream's first text and its pace after that, or a whole answer's end.
+
+The router times each slot with it; the gateway times its own chat answers (``FeltLatency``), which
+is what a KServe revision's pods report to Prometheus when no router stands in front of them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from prometheus_client import Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bentos.web.metrics import SERVICE_METRICS
+
+# What users feel, compared as ratios of P99s: fine enough that one bucket's width is no verdict.
+FELT_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
+RATE_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
+
+# A streamed chunk that carries text: `"content": "x...` (the role chunk's empty content does not count).
+TEXT_CHUNK = re.compile(rb'"content":\s*"(?!")')
+
+
+class Timing:
+    """Fed an answer's body chunk by chunk, from ``started`` (when the request was sent)."""
+
+    def __init__(self, started: float, stream: bool = False):
+        self.started, self.stream = started, stream
+        self.first: float | None = None
+        self.pieces = 0  # chunks with text after the first
+        self.ended: float | None = None
+        self.finished = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.stream and (found := len(TEXT_CHUNK.findall(chunk))):
+            if self.first is None:
+                self.first, found = time.perf_counter(), found - 1
+            self.pieces += found
+
+    def done(self) -> None:
+        self.ended, self.finished = time.perf_counter(), True
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first is None else self.first - self.started
+
+    @property
+    def rate(self) -> float | None:
+        """Chunks with text per second after the first (about tokens/s)."""
+        if self.first is None or not self.pieces or self.ended is None or self.ended <= self.first:
+            return None
+        return self.pieces / (self.ended - self.first)
+
+    @property
+    def total_s(self) -> float | None:
+        return None if self.ended is None else self.ended - self.started
+
+
+CHAT_TTFT = Histogram(
+    "ragserve_chat_ttft_seconds",
+    "Streamed chat answers: time from the request to the first chunk with text.",
+    buckets=FELT_BUCKETS,
+    registry=SERVICE_METRICS,
+)
+CHAT_STREAM_RATE = Histogram(
+    "ragserve_chat_stream_rate",
+    "Streamed chat answers: chunks with text per second after the first (about tokens/s).",
+    buckets=RATE_BUCKETS,
+    registry=SERVICE_METRICS,
+)
+CHAT_TOTAL = Histogram(
+    "ragserve_chat_total_seconds",
+    "Chat answers not streamed: time from the request to the end of the body.",
+    buckets=FELT_BUCKETS,
+    registry=SERVICE_METRICS,
+)
+
+
+class FeltLatency:
+    """ASGI middleware: each answered chat request (status below 400) timed as the client feels it,
+    into the three ``ragserve_chat_*`` histograms."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
+            return await self.app(scope, receive, send)
+        timing, status = Timing(time.perf_counter()), 500
+
+        async def send_timed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = dict(message.get("headers") or [])
+                timing.stream = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            elif message["type"] == "http.response.body":
+                timing.feed(message.get("body", b""))
+                if not message.get("more_body"):
+                    timing.done()
+            await send(message)
+
+        await self.app(scope, receive, send_timed)
+        if status >= 400 or not timing.finished:
+            return
+        if not timing.stream:
+            CHAT_TOTAL.observe(timing.total_s)
+            return
+        if timing.ttft_s is not None:
+            CHAT_TTFT.observe(timing.ttft_s)
+        if timing.rate is not None:
+            CHAT_STREAM_RATE.observe(timing.rate)
