@@ -177,13 +177,18 @@ def performance(
 ) -> Verdict:
     """Streaming TTFT and tokens/s of the candidate against the live slot, measured in this run
     with the same prompts and fixed output lengths (live, candidate, live, candidate: drift in
-    the machine's load hits both)."""
+    the machine's load hits both), past the answer cache: what is compared is each release's
+    own path to the model, not which one has the questions cached."""
+
+    def no_cache(i: int) -> dict:
+        return {"cache": False}
+
     figures: dict = {}
     reports: dict[str, list] = {"live": [], "candidate": []}
     for _ in range(2):
         for name, url in (("live", live_url), ("candidate", candidate_url)):
             reports[name].append(
-                asyncio.run(run_load(url + "/v1", api_key or "", "ragserve", concurrency, requests, max_tokens, prompts, timeout_s=120))
+                asyncio.run(run_load(url + "/v1", api_key or "", "ragserve", concurrency, requests, max_tokens, prompts, 120, no_cache))
             )
     for name, rs in reports.items():
         failed = sum(r.failed for r in rs)
