@@ -101,7 +101,18 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(30, gt=0, description="Longest wait for a slot before a 503 with Retry-After.")
 
     # --- retrieval ----------------------------------------------------------------------
-    db: str = Field("./data/lancedb", description="LanceDB folder (a local path or a Modal Volume mount).")
+    db: str = Field(
+        "./data/lancedb",
+        description="Where the index lives: a folder (a local path or a Modal Volume mount) or an object store URI "
+        "(s3://bucket/prefix, gs://, az://; credentials and endpoint from the standard environment variables).",
+    )
+    db_storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description='LanceDB storage options for an object store URI, as JSON: e.g. {"allow_http": "true"} for a plain-HTTP S3 endpoint.',
+    )
+    db_lease_ttl_s: float = Field(
+        60.0, ge=2, description="On object storage: how long a re-index's writer lease lasts unrenewed (a dead writer's expires)."
+    )
     embed_model: str = Field("embedded", description="'embedded' (all-MiniLM-L6-v2 from a package) or a sentence-transformers model.")
     embed_threads: int = Field(1, ge=1, description="Torch threads for embedding (1 is fastest on a shared 2-core box).")
     retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put into the prompt.")
@@ -193,6 +204,13 @@ class Settings(BaseSettings):
     models_path: Path | None = Field(
         None, description="Where prepared models live; default <cache_dir>/models (on Modal: the weights Volume)."
     )
+
+    @field_validator("db")
+    @classmethod
+    def _db_location(cls, v: str) -> str:
+        from bentos.retrieval.storage import Location
+
+        return Location.of(v).uri  # refuses schemes LanceDB cannot open, naming those it can
 
     @field_validator("api_key")
     @classmethod

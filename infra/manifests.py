@@ -19,7 +19,8 @@ from jsonschema import Draft7Validator
 from .backends import default_kubectl
 
 KSERVE_DIR = Path(__file__).parent / "kserve"
-OVERLAYS = ("blue", "green", "canary", "guarded")
+OVERLAYS = ("blue", "green", "canary", "guarded", "object-store")
+REINDEX = ("object-store", "pvc")  # infra/kserve/reindex/<variant>
 MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 PORT = 3000
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD files are large: libyaml when present
@@ -96,9 +97,10 @@ def core_schemas() -> dict[tuple[str, str], dict]:
     definitions: dict[str, dict] = {}
 
     def of(t: str) -> dict:
-        if t.startswith("List["):
+        kind = t[:5].lower()  # list[X] / dict[str, X], or List[...] / Dict[...] in newer clients
+        if kind == "list[":
             return {"type": "array", "items": of(t[5:-1])}
-        if t.startswith("Dict["):
+        if kind in ("dict[", "dict("):
             return {"type": "object", "additionalProperties": of(t[5:-1].split(", ", 1)[1])}
         if t == "object":  # int-or-string and free-form fields
             return {}

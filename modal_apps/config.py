@@ -102,6 +102,25 @@ class ModalSettings(BaseSettings):
     reindex_source: str = Field("/docs", description="Folder the re-index job reads (the docs Volume is mounted at /docs).")
     reindex_gpu: str | None = Field(None, description="GPU for the re-index job, for large corpora; unset runs it on CPU.")
     reindex_timeout: int = Field(3600, ge=60, le=86400, description="Longest re-index run, in seconds.")
+    reindex_shards: int = Field(
+        1, ge=1, le=64, description="Containers the re-index fans the embedding of changed chunks out over (1: the writer embeds alone)."
+    )
+    reindex_shard_size: int = Field(2048, ge=64, description="Chunks per embedding shard when the re-index fans out.")
+    index_uri: str | None = Field(
+        None,
+        description="Keep the index in an object store (s3://bucket/prefix) instead of the index Volume: every container reads "
+        "the bucket directly and follows publications without a Volume reload.",
+    )
+    index_secret: str | None = Field(None, description="modal.Secret with the object store's credentials (AWS_ACCESS_KEY_ID, ...).")
+
+    @field_validator("index_uri")
+    @classmethod
+    def _object_store(cls, v: str | None) -> str | None:
+        from bentos.retrieval.storage import Location
+
+        if v is not None and not Location.of(v).remote:
+            raise ValueError(f"index_uri {v!r} is a folder: leave it unset for the index Volume, or give s3://bucket/prefix")
+        return v
 
     @field_validator("gpu", "reindex_gpu")
     @classmethod

@@ -89,7 +89,7 @@ def serving_env(cfg: ModalSettings) -> dict[str, str]:
         **OFFLINE_ENV,
         "RAGSERVE_HOST": "0.0.0.0",  # Modal's proxy connects from outside; the Secret's key guards it
         "RAGSERVE_PORT": "3000",
-        "RAGSERVE_DB": INDEX_DB,
+        "RAGSERVE_DB": cfg.index_uri or INDEX_DB,
         "RAGSERVE_MODELS_PATH": PREPARED_DIR,
         "RAGSERVE_ENGINE_PORT": str(ENGINE_PORT),
         "RAGSERVE_TENSOR_PARALLEL_SIZE": str(cfg.gpu_count),
@@ -106,8 +106,17 @@ def serving_env(cfg: ModalSettings) -> dict[str, str]:
     return env
 
 
-def index_env() -> dict[str, str]:
-    return {**forwarded_env(), **OFFLINE_ENV, "RAGSERVE_DB": INDEX_DB}
+def index_env(cfg: ModalSettings) -> dict[str, str]:
+    return {**forwarded_env(), **OFFLINE_ENV, "RAGSERVE_DB": cfg.index_uri or INDEX_DB}
+
+
+def index_mounts(cfg: ModalSettings, index_volume: modal.Volume) -> dict[str, modal.Volume]:
+    """The index Volume, unless the index lives in an object store (then no container mounts it)."""
+    return {} if cfg.index_uri else {INDEX_DIR: index_volume}
+
+
+def index_secrets(cfg: ModalSettings) -> list[modal.Secret]:
+    return [modal.Secret.from_name(cfg.index_secret)] if cfg.index_secret else []
 
 
 def model_folder(model_id: str) -> Path:

@@ -26,12 +26,13 @@ from .config import load_settings
 from .resources import (
     CACHE_DIR,
     ENGINE_PORT,
-    INDEX_DIR,
     MODELS_DIR,
     VolumeFollower,
     commit,
     download_env,
     gpu_image,
+    index_mounts,
+    index_secrets,
     model_folder,
     reload,
     serving_env,
@@ -61,8 +62,8 @@ index_volume = volume(cfg.index_volume)
 SERVE_OPTIONS = dict(
     image=image,
     gpu=cfg.gpu,
-    volumes={MODELS_DIR: models_volume, CACHE_DIR: cache_volume, INDEX_DIR: index_volume},
-    secrets=[modal.Secret.from_name(cfg.api_key_secret, required_keys=["RAGSERVE_API_KEY"])],
+    volumes={MODELS_DIR: models_volume, CACHE_DIR: cache_volume, **index_mounts(cfg, index_volume)},
+    secrets=[modal.Secret.from_name(cfg.api_key_secret, required_keys=["RAGSERVE_API_KEY"]), *index_secrets(cfg)],
     env=serving_env(cfg),
     min_containers=cfg.min_containers,
     max_containers=cfg.max_containers,
@@ -154,9 +155,11 @@ class Server:
     def resume(self) -> None:
         if cfg.memory_snapshot:
             self._engine("/wake_up")
-            reload(index_volume)  # the snapshot may hold an old view of the index
+            if not cfg.index_uri:
+                reload(index_volume)  # the snapshot may hold an old view of the index
             launch.wait_ready(self.stack, cfg.startup_timeout, probe="/readyz")
-        self.follower = VolumeFollower(index_volume, cfg.index_reload_s).start()
+        if not cfg.index_uri:  # an index in a bucket is read directly: nothing to reload
+            self.follower = VolumeFollower(index_volume, cfg.index_reload_s).start()
 
     @modal.web_server(port=SERVE_PORT, startup_timeout=cfg.startup_timeout)
     def api(self) -> None:

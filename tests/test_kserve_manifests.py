@@ -13,6 +13,7 @@ import yaml
 
 from infra.manifests import (
     OVERLAYS,
+    REINDEX,
     core_schemas,
     load_crd_schemas,
     render,
@@ -44,9 +45,10 @@ def by_kind(docs: list[dict], kind: str) -> dict:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_and_validates(rendered, schemas, overlay):
     docs = rendered[overlay]
-    assert sorted(d["kind"] for d in docs) == ["InferenceService", "ServingRuntime"]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == (["ConfigMap"] if overlay == "object-store" else []) + ["InferenceService", "ServingRuntime"]
     for doc in docs:
-        assert schema_errors(doc, schemas) == []
+        assert schema_errors(doc, schemas | core_schemas()) == []
     assert rule_errors(docs) == []
 
 
@@ -57,7 +59,7 @@ def test_overlays_are_a_release_pair_and_a_canary(rendered):
     assert predictors["green"]["canaryTrafficPercent"] == 0
     assert predictors["canary"]["canaryTrafficPercent"] == 10
     assert predictors["blue"]["model"]["image"] != predictors["green"]["model"]["image"] == predictors["canary"]["model"]["image"]
-    for o in OVERLAYS:  # one InferenceService whose revisions are blue and green
+    for o in ("blue", "green", "canary", "guarded"):  # one InferenceService whose revisions are blue and green
         isvc = by_kind(rendered[o], "InferenceService")
         assert isvc["metadata"]["name"] == "ragserve"
         assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-tag-routing"] == "true"
@@ -167,3 +169,67 @@ def test_the_prometheus_job_keeps_what_the_promotion_queries():
     assert {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"} in rules
     assert any(r.get("target_label") == "namespace" for r in rules)
     assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
+
+
+@pytest.fixture(scope="module")
+def reindex_docs():
+    return {variant: {d["kind"] + "/" + d["metadata"]["name"]: d for d in render(variant, under="reindex")} for variant in REINDEX}
+
+
+def cronjob_container(docs: dict) -> dict:
+    [container] = docs["CronJob/ragserve-reindex"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("variant", REINDEX)
+def test_reindex_cronjob_renders_and_validates(reindex_docs, variant):
+    """Kubernetes' own kinds checked against the API's models; one writer at a time; the command
+    is `ragserve index` as the release image has it."""
+    docs, core = reindex_docs[variant], core_schemas()
+    for doc in docs.values():
+        assert schema_errors(doc, core) == []
+    cron = docs["CronJob/ragserve-reindex"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
+    assert cronjob_container(docs)["command"][:4] == ["python", "-m", "bentos.retrieval", "/docs"]
+    bad = copy.deepcopy(cron)
+    bad["spec"]["concurrency_policy"] = "Forbid"  # a typo the API server would drop
+    assert any("'concurrency_policy' was unexpected" in e for e in schema_errors(bad, core))
+
+
+def test_the_reindex_image_command_exists():
+    r = subprocess.run([sys.executable, "-m", "bentos.retrieval", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "Index PATH" in r.stdout, r.stderr
+
+
+def test_the_object_store_job_writes_where_the_replicas_read(reindex_docs, rendered):
+    """The CronJob and the InferenceService take RAGSERVE_DB and the credentials from the same
+    ConfigMap and Secret; the replicas no longer mount the index volume."""
+    job = cronjob_container(reindex_docs["object-store"])
+    runtime = by_kind(rendered["object-store"], "ServingRuntime")["spec"]
+    [serving] = runtime["containers"]
+    assert (
+        job["envFrom"]
+        == serving["envFrom"]
+        == [{"configMapRef": {"name": "ragserve-index"}}, {"secretRef": {"name": "ragserve-object-store"}}]
+    )
+    assert "RAGSERVE_DB" not in {e["name"] for e in serving["env"]} | {e["name"] for e in job["env"]}
+    assert by_kind(rendered["object-store"], "ConfigMap") == reindex_docs["object-store"]["ConfigMap/ragserve-index"]
+    assert by_kind(rendered["object-store"], "ConfigMap")["data"]["RAGSERVE_DB"].startswith("s3://")
+    assert "index" not in {v["name"] for v in runtime["volumes"]} | {m["name"] for m in serving["volumeMounts"]}
+
+
+def test_the_pvc_job_writes_the_volume_the_replicas_mount_read_only(reindex_docs, rendered):
+    docs = reindex_docs["pvc"]
+    job = cronjob_container(docs)
+    pod = docs["CronJob/ragserve-reindex"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    runtime = by_kind(rendered["blue"], "ServingRuntime")["spec"]
+    [serving] = runtime["containers"]
+    job_env = {e["name"]: e.get("value") for e in job["env"]}
+    assert job_env["RAGSERVE_DB"] == env_of(rendered["blue"])["RAGSERVE_DB"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    served = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in runtime["volumes"] if "persistentVolumeClaim" in v}
+    assert claims["index"] == served["index"] == "ragserve-index"
+    mounts = {m["name"]: m for m in job["volumeMounts"]}
+    assert not mounts["index"].get("readOnly") and {m["name"]: m for m in serving["volumeMounts"]}["index"]["readOnly"]
+    assert mounts["index"]["mountPath"] == {m["name"]: m for m in serving["volumeMounts"]}["index"]["mountPath"]
+    assert docs["PersistentVolumeClaim/ragserve-index"]["spec"]["accessModes"] == ["ReadWriteMany"]

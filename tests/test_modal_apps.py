@@ -239,3 +239,57 @@ def test_serving_class_runs_the_stack_locally_with_fast_boot(unguarded_stack):
     assert r.choices[0].message.content
     assert r.model_extra["citations"], "the answer should come with the retrieved sources"
     assert httpx.get(f"{unguarded_stack.url}/readyz", timeout=10).status_code == 200
+
+
+SPECS = """
+import json, modal_apps.reindex as r, modal_apps.serve as s
+print(json.dumps({
+    "serve_volumes": sorted(s.SERVE_OPTIONS["volumes"]), "serve_db": s.SERVE_OPTIONS["env"]["RAGSERVE_DB"],
+    "reindex_volumes": sorted(r.REINDEX_OPTIONS["volumes"]), "reindex_db": r.REINDEX_OPTIONS["env"]["RAGSERVE_DB"],
+    "secrets": len(r.REINDEX_OPTIONS["secrets"]), "shards": r.EMBED_OPTIONS["max_containers"],
+    "embed_gpu": r.embed_shard.info().gpus,
+}))
+"""
+
+
+def test_an_index_in_a_bucket_needs_no_volume_on_any_container():
+    """With RAGSERVE_MODAL_INDEX_URI the serving and re-index containers read and write the bucket
+    (credentials from RAGSERVE_MODAL_INDEX_SECRET): no index Volume, nothing to reload."""
+    import json
+
+    env = dict(
+        RAGSERVE_MODAL_INDEX_URI="s3://corp-index/ragserve", RAGSERVE_MODAL_INDEX_SECRET="index-s3", RAGSERVE_MODAL_REINDEX_SHARDS="8"
+    )
+    r = subprocess.run([sys.executable, "-c", SPECS], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    specs = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "/index" not in specs["serve_volumes"] and specs["reindex_volumes"] == ["/docs"]
+    assert specs["serve_db"] == specs["reindex_db"] == "s3://corp-index/ragserve" and specs["secrets"] == 1
+    assert specs["shards"] == 8 and specs["embed_gpu"] == []  # on CPU unless RAGSERVE_MODAL_REINDEX_GPU is set
+    bad = build_apps(RAGSERVE_MODAL_INDEX_URI="/index/lancedb")
+    assert bad.returncode != 0 and "is a folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_reindex_fans_the_embedding_out_over_shards_and_commits_once(apps, tmp_path, monkeypatch):
+    """The shard function run with `.local()` per shard (Modal's `.map` over containers when
+    deployed): the writer publishes once, and the vectors equal those the writer embeds alone."""
+    import numpy as np
+
+    from bentos.retrieval.index import IndexReader
+
+    _, reindex = apps
+    monkeypatch.setattr(reindex.cfg, "reindex_shards", 3)
+    monkeypatch.setattr(reindex.cfg, "reindex_shard_size", 2)  # the test corpus's chunks in shards of two
+    monkeypatch.setenv("RAGSERVE_DB", str(tmp_path / "sharded"))
+    fanned = reindex.reindex.local(str(CORPUS))
+    assert fanned["shards"] >= 3 and fanned["shards"] * 2 >= fanned["chunks_added"] > 0
+    monkeypatch.setattr(reindex.cfg, "reindex_shards", 1)
+    monkeypatch.setenv("RAGSERVE_DB", str(tmp_path / "alone"))
+    alone = reindex.reindex.local(str(CORPUS))
+    assert alone["shards"] == 0 and alone["chunks_total"] == fanned["chunks_total"]
+
+    def vectors(db: Path) -> np.ndarray:
+        rows = sorted(IndexReader(db).current().to_arrow().select(["chunk_id", "vector"]).to_pylist(), key=lambda r: r["chunk_id"])
+        return np.array([r["vector"] for r in rows])
+
+    assert np.allclose(vectors(tmp_path / "sharded"), vectors(tmp_path / "alone"), atol=1e-5)

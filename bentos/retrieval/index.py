@@ -8,10 +8,8 @@ half-way leaves ``published`` where it was (the next run first restores the tabl
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +24,10 @@ from lancedb.index import FTS
 
 from bentos.retrieval.documents import Chunk, Document, chunk_document
 from bentos.retrieval.embedder import Embedder
+from bentos.retrieval.lease import single_writer
+from bentos.retrieval.storage import IndexStoreError, Location
+
+__all__ = ["IndexReader", "IndexStore", "IndexStoreError"]
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,6 @@ PUBLISHED = "published"
 PUBLICATION_PREFIX = "pub-"
 WRITE_BATCH = 2000
 EMBED_SLICE = 512
-
-
-class IndexStoreError(RuntimeError):
-    """The index cannot do what was asked; the message says what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +108,18 @@ def sql_in(column: str, values: list[str]) -> str:
 
 
 class IndexStore:
-    """Writer and publication manager over one LanceDB folder (a local path or a Modal Volume)."""
+    """Writer and publication manager over one LanceDB location: a local folder (or a Modal
+    Volume), or an object store URI (``storage.py``), with one writer at a time (``lease.py``)."""
 
-    def __init__(self, db_path: str | Path):
-        self.path = Path(db_path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.db = lancedb.connect(str(self.path))
+    def __init__(self, db: str | Path | Location, storage_options: dict[str, str] | None = None, lease_ttl_s: float = 60.0):
+        self.location = Location.of(db, storage_options)
+        self.db = self.location.connect()
+        self.lease_ttl_s = lease_ttl_s
+        self.lease = None  # the writer's S3 lease while it holds one
+
+    @classmethod
+    def for_settings(cls, settings) -> IndexStore:
+        return cls(settings.db, settings.db_storage_options, settings.db_lease_ttl_s)
 
     # --- reading publication state -------------------------------------------------------
     def table(self):
@@ -132,21 +136,14 @@ class IndexStore:
     # --- writing ---------------------------------------------------------------------------
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
-        """One writer at a time on this folder (LanceDB's own commit conflicts are the users'
-        most common re-index failure); a second writer gets a clear error, not a conflict."""
-        with open(self.path / ".ragserve-writer.lock", "a+") as f:
+        """One writer at a time (LanceDB's own commit conflicts are the users' most common
+        re-index failure); a second writer gets a clear error, not a conflict."""
+        with single_writer(self.location, self.lease_ttl_s) as lease:
+            self.lease = lease
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                raise IndexStoreError(
-                    f"another re-index holds {self.path} (pid {f.read().strip() or '?'}); wait for it to finish"
-                ) from None
-            f.seek(0)
-            f.truncate()
-            f.write(str(os.getpid()))
-            f.flush()
-            yield
+                yield
+            finally:
+                self.lease = None
 
     def _start_from_published(self):
         """The table as last published: leftovers of a failed or killed run are discarded."""
@@ -226,10 +223,11 @@ class IndexStore:
         in slices so the progress bar moves; vectors come back in the original order."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)
-        for start in range(0, len(order), EMBED_SLICE):
-            idx = order[start : start + EMBED_SLICE]
+        size = getattr(embedder, "slice_size", EMBED_SLICE)  # a fanned-out embedder wants larger slices
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
             vectors[idx] = embedder.embed([texts[i] for i in idx])
-            step("embed", min(start + EMBED_SLICE, len(texts)), len(texts))
+            step("embed", min(start + size, len(texts)), len(texts))
         return vectors
 
     @staticmethod
@@ -267,6 +265,8 @@ class IndexStore:
         table.optimize()  # compacts, and folds rows added since into the existing indexes
 
     def _publish(self, table) -> int:
+        if self.lease is not None:
+            self.lease.check()  # a writer that lost its lease publishes nothing
         version = table.version
         pubs = publications_of(table)
         seq = (pubs[-1][0] + 1) if pubs else 1
@@ -298,8 +298,8 @@ class IndexStore:
 class IndexReader:
     """Searches the published version and follows new publications without a restart."""
 
-    def __init__(self, db_path: str | Path, refresh_s: float = 1.0):
-        self.path = Path(db_path)
+    def __init__(self, db: str | Path | Location, refresh_s: float = 1.0, storage_options: dict[str, str] | None = None):
+        self.location = Location.of(db, storage_options)
         self.refresh_s = refresh_s
         self._db = None
         self._snapshot: tuple[object | None, int | None] = (None, None)
@@ -328,14 +328,14 @@ class IndexReader:
 
     def _follow(self) -> None:
         try:
-            self._db = self._db or lancedb.connect(str(self.path))
+            self._db = self._db or lancedb.connect(self.location.uri, storage_options=self.location.options or None)
             if TABLE not in self._db.list_tables().tables:
                 self._snapshot = (None, None)
                 return
             table = self._db.open_table(TABLE)
             version = tag_version(table, PUBLISHED)
         except Exception as e:  # a missing folder means nothing published yet
-            log.debug("no published index at %s: %s", self.path, e)
+            log.debug("no published index at %s: %s", self.location, e)
             self._snapshot = (None, None)
             return
         if version is None:

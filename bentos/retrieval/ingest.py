@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bentos.retrieval.documents import read_documents
-from bentos.retrieval.embedder import embedder_for
+from bentos.retrieval.embedder import Embedder, embedder_for
 from bentos.retrieval.index import ChunkingConfig, IndexStore, ReindexSummary
 from bentos.settings import Settings
 
@@ -36,14 +36,15 @@ def progress_bars() -> Iterator[Step]:
 
 
 def reindex_source(
-    settings: Settings, source: Path, skip_unreadable: bool = False, on_step: Step | None = None
+    settings: Settings, source: Path, skip_unreadable: bool = False, on_step: Step | None = None, embedder: Embedder | None = None
 ) -> tuple[ReindexSummary, list[str]]:
     """Bring the index in ``settings.db`` to exactly the documents under ``source`` and publish it.
     Raises SourceError or IndexStoreError with a message naming the fix; the published version
     keeps serving whenever this raises."""
     docs, skipped = read_documents(source, skip_unreadable)
-    store = IndexStore(settings.db)
-    summary = store.reindex(docs, embedder_for(settings), ChunkingConfig.from_settings(settings), settings.ann_min_rows, on_step)
+    store = IndexStore.for_settings(settings)
+    embedder = embedder or embedder_for(settings)
+    summary = store.reindex(docs, embedder, ChunkingConfig.from_settings(settings), settings.ann_min_rows, on_step)
     return summary, skipped
 
 

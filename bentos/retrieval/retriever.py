@@ -42,7 +42,7 @@ class Retriever:
         # 6.5 ms as one LanceDB query against 104-120 ms.
         self.queries = Batcher(self.embedder.embed)
         self.vector_searches = Batcher(vector_searches)
-        self.reader = IndexReader(settings.db, refresh_s=settings.index_refresh_s)
+        self.reader = IndexReader(settings.db, refresh_s=settings.index_refresh_s, storage_options=settings.db_storage_options)
         self.cfg = SearchConfig(candidates=settings.search_candidates, fts_weight=settings.fts_weight)
 
     def is_relevant(self, hit: Hit) -> bool:

@@ -10,19 +10,11 @@ from pathlib import Path
 
 import click
 
+from bentos.retrieval.command import index, load_settings
 from bentos.settings import OFFLINE_ENV, PROJECT_DIR, Settings
 
 for _name, _value in OFFLINE_ENV.items():  # what the user set wins
     os.environ.setdefault(_name, _value)
-
-
-def load_settings(**overrides) -> Settings:
-    from pydantic import ValidationError
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as e:
-        raise click.UsageError(f"bad RAGSERVE_* setting:\n{e}") from None
 
 
 def squad_option(help: str, exists: bool = True):
@@ -93,41 +85,9 @@ def model_prepare() -> None:
 
 
 @main.command()
-@click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--db", help="LanceDB folder (default RAGSERVE_DB, ./data/lancedb).")
-@click.option("--rollback", is_flag=True, help="Publish the previous published version again instead of indexing.")
-@click.option("--skip-unreadable", is_flag=True, help="Index what can be read and list the rest, instead of stopping.")
-def index(path: Path | None, db: str | None, rollback: bool, skip_unreadable: bool) -> None:
-    """Index PATH (a folder of Markdown, text, HTML, PDF and JSONL files, or one file) and publish it.
-
-    Only documents whose content changed are embedded again; removed documents disappear. The new
-    version is published in one step: running servers switch to it within RAGSERVE_INDEX_REFRESH_S,
-    and a run that fails or is killed leaves the published version serving.
-    """
-    from bentos.retrieval.documents import SourceError
-    from bentos.retrieval.index import IndexStore, IndexStoreError
-    from bentos.retrieval.ingest import describe, progress_bars, reindex_source
-
-    settings = load_settings(db=db)
-    if rollback == (path is not None):
-        raise click.UsageError("give either PATH to index or --rollback")
-    try:
-        if rollback:
-            click.echo(f"published version {IndexStore(settings.db).rollback()} again in {settings.db}")
-            return
-        with progress_bars() as on_step:
-            summary, skipped = reindex_source(settings, path, skip_unreadable, on_step)
-    except (SourceError, IndexStoreError) as e:
-        raise click.ClickException(str(e)) from None
-    for problem in skipped:
-        click.echo(f"skipped: {problem}", err=True)
-    click.echo(describe(summary, settings.db))
-
-
-@main.command()
 @click.argument("query")
 @click.option("-k", default=5, show_default=True, help="How many chunks to show.")
-@click.option("--db", help="LanceDB folder (default RAGSERVE_DB, ./data/lancedb).")
+@click.option("--db", help="The index: a folder or an object store URI such as s3://bucket/prefix (default RAGSERVE_DB, ./data/lancedb).")
 def search(query: str, k: int, db: str | None) -> None:
     """Show the chunks the gateway would retrieve for QUERY from the published index."""
     from bentos.retrieval.index import IndexReader
@@ -138,7 +98,7 @@ def search(query: str, k: int, db: str | None) -> None:
         raise click.BadParameter("the query is empty", param_hint="QUERY")
     if not 1 <= k <= settings.max_k:
         raise click.BadParameter(f"k must be between 1 and {settings.max_k}", param_hint="-k")
-    if IndexReader(settings.db).snapshot()[1] is None:  # said before the embedding model loads
+    if IndexReader(settings.db, storage_options=settings.db_storage_options).snapshot()[1] is None:  # said before the embedding model loads
         raise click.ClickException(f"nothing is published in {settings.db}: run `ragserve index PATH` first")
     r = Retriever(settings).retrieve(query, k)
     click.echo(f"index version {r.version}; embed {r.embed_ms:.1f} ms, search {r.search_ms:.1f} ms")
@@ -578,12 +538,19 @@ def bench_guardrails_cmd(squad: Path, n_requests: int) -> None:
 @bench.command("index")
 @SQUAD_OPTION
 @click.option("--copies", default=6, show_default=True, type=click.IntRange(min=1), help="Distinct copies of each paragraph (corpus size).")
-def bench_index_cmd(squad: Path, copies: int) -> None:
-    """Ingest throughput against plain sentence-transformers encoding of the same chunks, and a
-    no-change re-index against a full one."""
+@click.option(
+    "--s3",
+    "s3_uri",
+    help="S3 prefix for the object-store runs (credentials and endpoint from AWS_* and RAGSERVE_DB_STORAGE_OPTIONS); "
+    "default: moto's S3 server, started on loopback.",
+)
+def bench_index_cmd(squad: Path, copies: int, s3_uri: str | None) -> None:
+    """Ingest throughput against plain sentence-transformers encoding of the same chunks; a
+    no-change re-index against a full one; and documents per second of both into a local folder
+    and into an object store, same documents, same run."""
     from bentos.tools.bench_retrieval import bench_index
 
-    echo_figures(bench_index(load_settings(), squad, copies))
+    echo_figures(bench_index(load_settings(), squad, copies, s3_uri))
 
 
 @bench.command("retrieve")
@@ -602,6 +569,7 @@ def bench_retrieve_cmd(squad: Path, sizes: list[int], queries: int) -> None:
 # `ragserve.commands` entry points in pyproject.toml (so this package never imports infra/).
 for _command in entry_points(group="ragserve.commands"):
     main.add_command(_command.load(), _command.name)
+main.add_command(index)
 
 
 if __name__ == "__main__":
