@@ -435,8 +435,11 @@ def test_kserve_promotion_reads_each_step_from_prometheus(stack, unguarded_stack
     requests per step. The same router is the one in front (--router-url) whose shadow slot is
     the latest revision: a shadow stage runs first. Each revision needs its own metrics, so the
     new revision is the guarded stack over the rails-off one: two releases that differ by the
-    rails. Only the bounds comparing them before traffic are widened for that (TTFT ratios of
-    1.0-1.6 measured between the idle stacks here); the step and shadow gates keep their defaults."""
+    rails. For that, --max-ttft-ratio and --min-tps-ratio are widened (TTFT ratios of 1.0-1.6
+    measured between the idle stacks here); they bound the pre-traffic comparison, the shadow
+    stage and the steps' pace. Those gates fail clearly worse candidates at their defaults in
+    test_performance_gate_fails_a_slower_candidate and test_shadow_stage_on_the_real_stacks; the
+    steps' latency gate and the minimum of requests per step keep their defaults here."""
     revisions = {"ragserve-predictor-00001": unguarded_stack.url, "ragserve-predictor-00002": stack.url}
     with prometheus(revisions, tmp_path) as prom, router(unguarded_stack.url, tmp_path, green=stack.url) as url:
         exe, state, log = fake_kubectl(tmp_path, prev=unguarded_stack.url, latest=stack.url, router=url)
