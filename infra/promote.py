@@ -196,36 +196,39 @@ class Promotion:
         """Hold a step for ``step_s`` and until the candidate has served ``min_step_requests`` (no
         evidence, no promotion), checking every second: a candidate that stops being ready or whose
         errors already exceed the budget ends the step at once. Where live serves too little in
-        the window to compare with (the 100% step), its figures from the last step that had them
-        are the baseline."""
+        the window to compare with (the 100% step), its larger window from an earlier step is the
+        baseline."""
         p = self.policy
+        enough = max(p.min_step_requests, 1)
         since = self.backend.window()
         started = time.monotonic()
-        while True:
-            time.sleep(1.0)
-            served = since()
-            delta = {slot: served.get(slot, gates.SlotCounts()) for slot in (candidate, live)}
-            baseline = delta[live]
-            own = baseline.attempts >= max(p.min_step_requests, 1)
-            if own:
-                self.live_baseline = (percent, baseline)
-            elif self.live_baseline:
-                baseline = self.live_baseline[1]
-            verdict = gates.step_verdict(
-                percent, delta[candidate], baseline, p.max_error_rate, p.max_latency_ratio, p.min_step_requests, p.min_tps_ratio
-            )
-            verdict.figures["live_requests"] = int(delta[live].attempts)
-            if not own and self.live_baseline:
-                verdict.figures["live_baseline"] = f"step {self.live_baseline[0]}%"
-            held = time.monotonic() - started
-            verdict.figures["held_s"] = round(held, 1)
-            if not gates.is_ready(cand_url):
-                return Verdict(verdict.gate, False, verdict.figures, "the candidate's /readyz stopped answering 200")
-            if verdict.figures["error_rate"] > p.max_error_rate and delta[candidate].attempts >= max(p.min_step_requests, 1):
-                return verdict
-            enough = delta[candidate].attempts >= p.min_step_requests
-            if (held >= p.step_s and enough) or held >= MAX_HOLD_FACTOR * p.step_s:
-                return verdict
+        seen = gates.SlotCounts()
+        try:
+            while True:
+                time.sleep(1.0)
+                served = since()
+                delta = {slot: served.get(slot, gates.SlotCounts()) for slot in (candidate, live)}
+                seen = baseline = delta[live]
+                earlier = self.live_baseline
+                if baseline.attempts < enough and earlier and earlier[1].attempts > baseline.attempts:
+                    baseline = earlier[1]
+                verdict = gates.step_verdict(
+                    percent, delta[candidate], baseline, p.max_error_rate, p.max_latency_ratio, p.min_step_requests, p.min_tps_ratio
+                )
+                verdict.figures["live_requests"] = int(seen.attempts)
+                if baseline is not seen:
+                    verdict.figures["live_baseline"] = f"step {earlier[0]}%"
+                held = time.monotonic() - started
+                verdict.figures["held_s"] = round(held, 1)
+                if not gates.is_ready(cand_url):
+                    return Verdict(verdict.gate, False, verdict.figures, "the candidate's /readyz stopped answering 200")
+                if verdict.figures["error_rate"] > p.max_error_rate and delta[candidate].attempts >= enough:
+                    return verdict
+                if (held >= p.step_s and delta[candidate].attempts >= p.min_step_requests) or held >= MAX_HOLD_FACTOR * p.step_s:
+                    return verdict
+        finally:  # this step's live window becomes the baseline if it is the better sample
+            if seen.attempts >= enough or not self.live_baseline or seen.attempts > self.live_baseline[1].attempts:
+                self.live_baseline = (percent, seen)
 
     def roll_back(self, outcome: Outcome, verdict: Verdict) -> Outcome:
         """All traffic back on the live slot in one step; the time is from the failed check to the

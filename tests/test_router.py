@@ -320,3 +320,30 @@ def test_kserve_shadow_without_a_router_in_front_says_how_to_add_one():
 
     with pytest.raises(BackendError, match="infra/kserve/router"):
         KServeBackend("ragserve", "llm", run=lambda cmd: "{}").shadow("green", 100)
+
+
+def test_a_step_where_live_serves_too_little_is_compared_with_lives_earlier_window():
+    """At 100% live finishes only what was in flight: the candidate's time to first text is judged
+    against live's from the step before, and fails when clearly worse (no pass for lack of a baseline)."""
+    from infra.promote import Promotion
+
+    def counts(n: float, ttft_s: float) -> SlotCounts:
+        return SlotCounts(ok=n, ttft={ttft_s: n, float("inf"): n})
+
+    windows = iter([{"blue": counts(12, 0.5), "green": counts(12, 0.5)}, {"blue": counts(1, 0.5), "green": counts(12, 2.0)}])
+
+    class Steps:  # each step's window as a backend would measure it
+        def window(self):
+            served = next(windows)
+            return lambda: served
+
+    async def ready(request: Request):
+        return PlainTextResponse("ok")
+
+    with serving(Starlette(routes=[Route("/readyz", ready)])) as url:
+        promotion = Promotion(Steps(), [], Policy(step_s=0.1), None, emit=lambda entry: None)
+        half = promotion.watch(url, "green", "blue", 50)
+        full = promotion.watch(url, "green", "blue", 100)
+    assert half.passed and "live_baseline" not in half.figures
+    assert not full.passed and full.figures["live_baseline"] == "step 50%" and full.figures["live_requests"] == 1
+    assert "time to first text P99" in full.reason
