@@ -14,7 +14,7 @@ import time
 
 import httpx
 
-from .gates import SlotCounts
+from .gates import GATEWAY_HISTOGRAMS, SlotCounts
 
 # Prometheus's kubernetes-pods job maps pod labels to metric labels ("labelmap"), so Knative's
 # serving.knative.dev/revision arrives as this one.
@@ -23,9 +23,7 @@ CHAT = 'service_name="ragserve-gateway",endpoint=~"/v1/chat.*"'
 # SlotCounts field -> the gateway's histogram (and the extra matchers it needs).
 HISTOGRAMS = {
     "buckets": ("bentoml_service_request_duration_seconds", CHAT + ',http_response_code!~"5.."'),
-    "ttft": ("ragserve_chat_ttft_seconds", ""),
-    "rate": ("ragserve_chat_stream_rate", ""),
-    "total": ("ragserve_chat_total_seconds", ""),
+    **{field: (metric, "") for field, metric in GATEWAY_HISTOGRAMS.items()},
 }
 
 

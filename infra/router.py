@@ -105,13 +105,7 @@ class RouterMetrics:
             timing.feed(chunk)
             yield chunk
         timing.done()
-        if not timing.stream:
-            self.total.labels(slot).observe(timing.total_s)
-            return
-        if timing.ttft_s is not None:
-            self.ttft.labels(slot).observe(timing.ttft_s)
-        if timing.rate is not None:
-            self.stream_rate.labels(slot).observe(timing.rate)
+        timing.record(self.ttft.labels(slot), self.stream_rate.labels(slot), self.total.labels(slot))
 
 
 def create_router_app(

@@ -4,7 +4,6 @@ loopback, the `ragserve` CLI and reader processes as users run them, and the wri
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -26,33 +25,29 @@ CORPUS = Path(__file__).parent / "corpus"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto's S3 server on loopback, and the environment a user would set for it."""
-    from moto.server import ThreadedMotoServer
+def s3():
+    """moto's S3 server on loopback (as `ragserve bench index` starts it), and the environment a
+    user would set for it."""
+    from bentos.tools.bench_retrieval import loopback_s3
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "RAGSERVE_DB_STORAGE_OPTIONS": json.dumps({"allow_http": "true"}),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    boto3.client("s3").create_bucket(Bucket="ragserve")
-    try:
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
+    with loopback_s3("ragserve") as (_, options):
+        env = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": options["endpoint"],
+            "RAGSERVE_DB_STORAGE_OPTIONS": json.dumps({"allow_http": "true"}),
+        }
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def ragserve(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

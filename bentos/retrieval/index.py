@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS
@@ -328,7 +327,7 @@ class IndexReader:
 
     def _follow(self) -> None:
         try:
-            self._db = self._db or lancedb.connect(self.location.uri, storage_options=self.location.options or None)
+            self._db = self._db or self.location.connect(create=False)
             if TABLE not in self._db.list_tables().tables:
                 self._snapshot = (None, None)
                 return

@@ -48,11 +48,13 @@ class Location:
             raise ValueError(f"{self.uri} is not a local folder")
         return Path(self.uri)
 
-    def connect(self):
+    def connect(self, create: bool = True):
+        """LanceDB on this location; a writer (``create``) makes a missing local folder first."""
         import lancedb
 
         if not self.remote:
-            self.path.mkdir(parents=True, exist_ok=True)
+            if create:
+                self.path.mkdir(parents=True, exist_ok=True)
             return lancedb.connect(self.uri)
         return lancedb.connect(self.uri, storage_options=self.options or None)
 

@@ -77,7 +77,7 @@ def bench_index(settings: Settings, squad: Path, copies: int, s3_uri: str | None
 
 
 @contextmanager
-def loopback_s3() -> Iterator[tuple[str, dict[str, str]]]:
+def loopback_s3(bucket: str = "bench") -> Iterator[tuple[str, dict[str, str]]]:
     """moto's S3 server on loopback with a fresh bucket: (the bucket's URI, LanceDB's options)."""
     import boto3
     from moto.server import ThreadedMotoServer
@@ -90,8 +90,8 @@ def loopback_s3() -> Iterator[tuple[str, dict[str, str]]]:
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(key, "bench")  # moto takes any; the lease's boto3 client needs some
     try:
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
-        yield "s3://bench", {"endpoint": endpoint, "allow_http": "true", "region": "us-east-1"}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}", {"endpoint": endpoint, "allow_http": "true", "region": "us-east-1"}
     finally:
         server.stop()
 

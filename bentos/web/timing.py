@@ -56,6 +56,16 @@ class Timing:
     def total_s(self) -> float | None:
         return None if self.ended is None else self.ended - self.started
 
+    def record(self, ttft, rate, total) -> None:
+        """Into the histograms of what users feel: a stream's first text and pace, or a plain answer's end."""
+        if not self.stream:
+            total.observe(self.total_s)
+            return
+        if self.ttft_s is not None:
+            ttft.observe(self.ttft_s)
+        if self.rate is not None:
+            rate.observe(self.rate)
+
 
 CHAT_TTFT = Histogram(
     "ragserve_chat_ttft_seconds",
@@ -102,12 +112,5 @@ class FeltLatency:
             await send(message)
 
         await self.app(scope, receive, send_timed)
-        if status >= 400 or not timing.finished:
-            return
-        if not timing.stream:
-            CHAT_TOTAL.observe(timing.total_s)
-            return
-        if timing.ttft_s is not None:
-            CHAT_TTFT.observe(timing.ttft_s)
-        if timing.rate is not None:
-            CHAT_STREAM_RATE.observe(timing.rate)
+        if status < 400 and timing.finished:
+            timing.record(CHAT_TTFT, CHAT_STREAM_RATE, CHAT_TOTAL)
