@@ -18,6 +18,7 @@ import httpx
 import psutil
 
 from bentos.chat.api import create_gateway_app, wire
+from bentos.chat.engine_link import EngineLink
 from bentos.guard.guard_model import GuardModel, guard_at, guard_model_over
 from bentos.guard.rails import Guard
 from bentos.llm_service import LLM
@@ -34,6 +35,12 @@ from bentos.web.service import (
 )
 
 log = logging.getLogger("bentos.gateway")
+
+
+def on_this_host(url: str) -> bool:
+    """A `bentoml.depends` service reached over a Unix socket or a loopback port."""
+    parsed = urlparse(url)
+    return parsed.scheme == "file" or (parsed.scheme == "tcp" and parsed.hostname in ("127.0.0.1", "localhost", "::1"))
 
 
 def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
@@ -73,7 +80,9 @@ class Gateway:
         self.guard_model = self.connect_guard_model()
         # Loaded here, not per request: a missing classifier or a bad config stops start-up.
         guard = Guard(settings, self.ask_model, self.guard_model) if settings.guardrails else None
-        wire(gateway_app, settings, self.retriever, self.relay, guard)
+        local = settings.direct_streams and on_this_host(type(self).llm.url)
+        self.link = EngineLink(self.relay, settings.request_timeout_s) if local else None
+        wire(gateway_app, settings, self.retriever, self.relay, guard, self.link)
 
     def connect_guard_model(self) -> GuardModel | None:
         """The guard model: the guard service beside this one (it serves the name "guard"), or
@@ -144,5 +153,7 @@ class Gateway:
     async def shutdown(self) -> None:
         self._announcer.cancel()  # still waiting if the stack never became ready
         await self.llm_http.aclose()
+        if self.link is not None:
+            await self.link.aclose()
         if self.guard_model is not None:
             await self.guard_model.http.aclose()

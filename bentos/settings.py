@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(
         False, description="Model service logs the messages it sends to the engine (after masking): an audit of what the model receives."
     )
+    direct_streams: bool = Field(
+        True,
+        description="Where the model service runs on the same host, the gateway streams answers from its engine directly "
+        "(one relay hop fewer per token); false sends every request through the model service.",
+    )
 
     heap_trim_s: float = Field(
         60,

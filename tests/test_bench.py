@@ -6,11 +6,16 @@ from __future__ import annotations
 from bentos.chat.prompting import INSTRUCTIONS
 from bentos.settings import PROJECT_DIR, Settings
 from bentos.tools.bench import (
+    ENGINE_STEP,
+    PREPARE_STEP,
     QUESTIONS,
     augmented_conversations,
     chart,
     index_corpus,
+    print_steps,
     ratios,
+    step_means,
+    totals_in,
 )
 
 
@@ -41,6 +46,26 @@ def test_ratios_and_chart(tmp_path):
     }
     chart(results, [1, 8], tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_step_table_reads_each_step_and_the_engines_own_ttft(capsys):
+    def scrape(n: int, embed_s: float, ttft_s: float) -> str:
+        return (
+            f'ragserve_chat_step_seconds_sum{{step="embed"}} {embed_s}\nragserve_chat_step_seconds_count{{step="embed"}} {n}\n'
+            f"ragserve_gateway_prepare_seconds_sum {2 * embed_s}\nragserve_gateway_prepare_seconds_count {n}\n"
+            f'vllm:time_to_first_token_seconds_sum{{model_name="m"}} {ttft_s}\n'
+            f'vllm:time_to_first_token_seconds_count{{model_name="m"}} {n}\n'
+        )
+
+    before, after = totals_in(scrape(2, 0.02, 0.4)), totals_in(scrape(6, 0.10, 1.2))
+    means = step_means(before, after)
+    assert means == {"embed": 20.0, PREPARE_STEP: 40.0, ENGINE_STEP: 200.0}
+    assert step_means(after, after) == {}  # no request in between: no mean, rather than 0
+    results = {"targets": {"gateway": {"levels": {"1": {"steps_ms_mean": means}}}, "vllm": {"levels": {"1": {"steps_ms_mean": {}}}}}}
+    print_steps(results, [1])
+    table = capsys.readouterr().out
+    assert "embedding" in table and "20.0" in table and "= before the model" in table
+    assert "held back by masking" not in table  # no data, no row
 
 
 def test_soak_report_tells_a_leak_from_a_one_off_step(tmp_path):

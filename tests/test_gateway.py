@@ -67,14 +67,24 @@ def test_a_json_schema_answer_stays_json_with_citations_beside_it(stack, stream)
     assert cites and cites[0]["source"] == "geography.md"
 
 
-def test_time_before_the_model_is_exported(stack):
-    """What `ragserve bench serve` reads to split the added TTFT: one observation per relayed chat."""
-    from bentos.tools.bench import prepare_totals
+def test_each_step_to_the_first_text_is_exported(stack):
+    """What `ragserve bench serve` reads to split the added TTFT: one observation per step of a
+    streamed chat, and none from the model service: the stream came from the engine directly."""
+    from bentos.tools.bench import PREPARE_STEP, step_totals
 
-    s0, n0 = prepare_totals(stack.url, stack.api_key)
-    ask(stack, "What is the capital of France?")
-    s1, n1 = prepare_totals(stack.url, stack.api_key)
-    assert n1 == n0 + 1 and 0 < s1 - s0 < 5
+    before = step_totals(stack.url, stack.api_key)
+    pieces = [
+        c.choices[0].delta.content
+        for c in ask(stack, "What is the capital city of France?", stream=True, extra_body={"cache": False})
+        if c.choices and c.choices[0].delta.content
+    ]
+    after = step_totals(stack.url, stack.api_key)
+    assert pieces
+    steps = ["request", "embed", "input_rails", "cache_lookup", "search", "retrieve", "retrieval_rails", "prompt", PREPARE_STEP]
+    for step in [*steps, "model_headers", "model_first_text", "hold_back"]:
+        (s0, n0), (s1, n1) = before.get(step, (0.0, 0.0)), after[step]
+        assert n1 == n0 + 1 and 0 <= s1 - s0 < 60, (step, s1 - s0, n1 - n0)
+    assert after.get("engine_first_text") == before.get("engine_first_text")  # no relay through the model service
 
 
 def test_streamed_answer_carries_citations_first(stack):

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from bentos.chat.cache import tenant_of
+from bentos.chat.engine_link import EngineLink
 from bentos.chat.prompting import last_user_text
 from bentos.chat.steps import ChatPath, Turn, log_retrieval
 from bentos.guard.rails import Guard
@@ -69,7 +70,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
 
     @app.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        arrived = time.perf_counter()
+        arrived = request.scope.get("state", {}).get("arrived") or time.perf_counter()
         req = parse_body(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
         payload = engine_payload(req, settings.model_name, settings.max_model_len)
         query = last_user_text(req.messages)
@@ -87,10 +88,10 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     return app
 
 
-def wire(app: FastAPI, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None) -> None:
+def wire(app: FastAPI, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None, link: EngineLink | None = None) -> None:
     """What the routes serve with, set when the service starts (until then they answer 503)."""
     app.state.retriever, app.state.llm = retriever, llm
-    app.state.chat = ChatPath.build(settings, retriever, llm, guard)
+    app.state.chat = ChatPath.build(settings, retriever, llm, guard, link)
 
 
 def request_id(request: Request) -> str | None:

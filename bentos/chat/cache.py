@@ -166,6 +166,8 @@ class CacheLookup:
     """After the input rails (a blocked or masked request is handled as without the cache), before
     the search's results are used and before the model."""
 
+    name = "cache_lookup"
+
     def __init__(self, cache: AnswerCache, reader):
         self.cache, self.reader = cache, reader
 

@@ -21,22 +21,27 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import httpx
 import numpy as np
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Histogram
 
 from bentos.chat.cache import AnswerCache, CacheLookup, CacheStore
 from bentos.chat.completions import answer
+from bentos.chat.engine_link import EngineLink
 from bentos.chat.prompting import NOT_FOUND, with_sources
 from bentos.guard.rails import Decision, Guard, StreamGuard, masked_conversation
+from bentos.model.api import audit_prompt
 from bentos.retrieval.retriever import Retrieval, Retriever
 from bentos.retrieval.search import Hit
 from bentos.settings import Settings
 from bentos.web.metrics import SERVICE_METRICS
 from bentos.web.relay import SSE_HEADERS, Relay, UpstreamError, sse, sse_events
 from bentos.web.schemas import ChatCompletionRequest, Citation
+from bentos.web.timing import CHAT_STEPS
 
 log = logging.getLogger("bentos.gateway")
+CHAT_PATH = "/v1/chat/completions"
 # What the gateway adds before the model sees a request; `ragserve bench serve` reports it too.
 PREPARE = Histogram(
     "ragserve_gateway_prepare_seconds",
@@ -79,7 +84,12 @@ class Turn:
         return answer(self.model, self.req.stream, content, finish_reason, **{**self.extra, **extra})
 
 
-Step = Callable[[Turn], Awaitable[Response | None]]
+class Step(Protocol):
+    """A step before the model; ``name`` labels its time in ``ragserve_chat_step_seconds``."""
+
+    name: str
+
+    async def __call__(self, turn: Turn) -> Response | None: ...
 
 
 class AnswerStep(Protocol):
@@ -116,7 +126,10 @@ def refusal(guard: Guard, turn: Turn, decision: Decision) -> Response:
 
 class EmbedQuery:
     """The query's embedding (batched with other requests'), then its search started at once: it
-    runs beside the input rails, which screen the same vector; a refused request discards it."""
+    runs beside the input rails, which screen the same vector; a refused request discards it.
+    (Measured on 2 cores: embedding beside the rails and the full-text search slowed all three.)"""
+
+    name = "embed"
 
     def __init__(self, retriever: Retriever, k: int):
         self.retriever, self.k = retriever, k
@@ -129,6 +142,8 @@ class EmbedQuery:
 
 class InputRails:
     """Masking, then attack and harm screening of the user's message; earlier turns are masked too."""
+
+    name = "input_rails"
 
     def __init__(self, guard: Guard):
         self.guard = guard
@@ -145,14 +160,20 @@ class InputRails:
 class Retrieve:
     """The search's outcome: the relevant chunks of the published index (none if nothing is)."""
 
+    name = "retrieve"  # the wait for the search after the rails: what they did not hide
+
     async def __call__(self, turn: Turn) -> None:
         found = await turn.search
         log_retrieval(turn.request_id, found)
+        if found.version is not None:  # the search itself, which ran beside the input rails
+            CHAT_STEPS.labels("search").observe(found.search_ms / 1000)
         turn.index_version, turn.hits = found.version, found.relevant
 
 
 class RetrievalRails:
     """Chunks that carry instructions for the model (indirect prompt injection) are dropped."""
+
+    name = "retrieval_rails"
 
     def __init__(self, guard: Guard):
         self.guard = guard
@@ -171,6 +192,8 @@ class Ground:
     """The prompt: the chunks go first as numbered sources. With an index published, nothing
     relevant means saying so rather than letting the model invent an answer; with none published
     yet (a fresh `make serve`) the chat goes to the model as it is."""
+
+    name = "prompt"
 
     async def __call__(self, turn: Turn) -> Response | None:
         if turn.index_version is None:
@@ -214,14 +237,25 @@ class OutputRails:
 
 class ModelCall:
     """The model service's answer, with ``citations`` beside it (in the first chunk when
-    streaming), after the answer steps."""
+    streaming), after the answer steps. Streams come from the engine directly where ``link``
+    allows (bentos/chat/engine_link.py)."""
 
-    def __init__(self, llm: Relay, answer_steps: list[AnswerStep]):
-        self.llm, self.answer_steps = llm, answer_steps
+    def __init__(self, llm: Relay, answer_steps: list[AnswerStep], link: EngineLink | None = None, log_prompts: bool = False):
+        self.llm, self.answer_steps, self.link, self.log_prompts = llm, answer_steps, link, log_prompts
+
+    async def open_stream(self, turn: Turn) -> httpx.Response:
+        if self.link is None:
+            return await self.llm.open_stream(CHAT_PATH, turn.payload)
+        upstream, direct = await self.link.open_stream(CHAT_PATH, turn.payload)
+        if direct and self.log_prompts:  # the model service logs the streams it relays itself
+            audit_prompt(turn.request_id, turn.payload["messages"])
+        return upstream
 
     async def __call__(self, turn: Turn) -> Response:
+        sent = time.perf_counter()
         if not turn.req.stream:
-            r = await self.llm.request("POST", "/v1/chat/completions", turn.payload)
+            r = await self.llm.request("POST", CHAT_PATH, turn.payload)
+            CHAT_STEPS.labels("model_answer").observe(time.perf_counter() - sent)
             if r.status_code != 200:
                 return UpstreamError.of(r).response()
             body = r.json()
@@ -230,21 +264,29 @@ class ModelCall:
                     return replaced
             return JSONResponse({**body, "citations": turn.citations, **turn.extra})
         try:
-            upstream = await self.llm.open_stream("/v1/chat/completions", turn.payload)
+            upstream = await self.open_stream(turn)
         except UpstreamError as e:
             return e.response()
+        headers = time.perf_counter()
+        CHAT_STEPS.labels("model_headers").observe(headers - sent)
         filters = [step.stream(turn) for step in self.answer_steps]
 
         async def events() -> AsyncIterator[bytes]:
-            first = True
+            first, text_in, text_out = True, None, False
             try:
                 async for event in sse_events(upstream):
                     if isinstance(event, dict):
+                        if text_in is None and has_text(event):
+                            text_in = time.perf_counter()
+                            CHAT_STEPS.labels("model_first_text").observe(text_in - headers)
                         if first:
                             event, first = {**event, "citations": turn.citations, **turn.extra}, False
                         for each in filters:
                             if event is not None:
                                 event = await each(event)
+                        if not text_out and text_in is not None and event is not None and has_text(event):
+                            text_out = True  # what the answer steps held back of the first text
+                            CHAT_STEPS.labels("hold_back").observe(time.perf_counter() - text_in)
                     if event is not None:
                         yield sse(event)
                     if turn.stream_done:  # closing the upstream stream stops the model's generation
@@ -256,6 +298,10 @@ class ModelCall:
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+def has_text(event: dict) -> bool:
+    return any((c.get("delta") or {}).get("content") for c in event.get("choices") or ())
+
+
 class ChatPath:
     """The steps before the model, then the model call."""
 
@@ -263,7 +309,7 @@ class ChatPath:
         self.steps, self.model_call = steps, model_call
 
     @classmethod
-    def build(cls, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None) -> ChatPath:
+    def build(cls, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None, link: EngineLink | None = None) -> ChatPath:
         rails = guard is not None
         cache = (
             AnswerCache(settings.cache_min_similarity, settings.cache_max_entries, settings.cache_max_bytes, settings.cache_ttl_s)
@@ -282,11 +328,16 @@ class ChatPath:
             *([OutputRails(guard, settings.guard_stream_every_tokens)] if rails else []),
             *([CacheStore(cache)] if cache else []),  # last: what the user was sent
         ]
-        return cls(steps, ModelCall(llm, answer_steps))
+        return cls(steps, ModelCall(llm, answer_steps, link, settings.log_prompts))
 
     async def __call__(self, turn: Turn) -> Response:
+        t = time.perf_counter()
+        CHAT_STEPS.labels("request").observe(t - turn.arrived)  # queue, auth, reading the body
         for step in self.steps:
-            if (answered := await step(turn)) is not None:
+            answered = await step(turn)
+            t, before = time.perf_counter(), t
+            CHAT_STEPS.labels(step.name).observe(t - before)
+            if answered is not None:
                 return answered
-        PREPARE.observe(time.perf_counter() - turn.arrived)
+        PREPARE.observe(t - turn.arrived)
         return await self.model_call(turn)

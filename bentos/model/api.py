@@ -7,6 +7,7 @@ shape; everything the engine itself answers (including its own 4xx) is passed th
 from __future__ import annotations
 
 import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -18,6 +19,7 @@ from bentos.web.bodies import parse_body, read_json
 from bentos.web.errors import APIError
 from bentos.web.relay import Relay, http_client
 from bentos.web.schemas import ChatCompletionRequest, engine_payload
+from bentos.web.timing import CHAT_STEPS
 
 log = logging.getLogger("bentos.llm")
 
@@ -57,15 +59,27 @@ def create_app(settings: Settings) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         req = parse_body(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
         payload = engine_payload(req, settings.model_name, settings.max_model_len)
-        if settings.log_prompts:  # audit of exactly what reaches the model; off by default
-            log.info(
-                "prompt",
-                extra={"fields": {"request_id": request.scope.get("state", {}).get("request_id"), "messages": payload["messages"]}},
-            )
+        if settings.log_prompts:
+            audit_prompt(request.scope.get("state", {}).get("request_id"), payload["messages"])
         client = engine(request)
         if req.stream:
-            return await client.stream("/v1/chat/completions", payload)
+            sent = time.perf_counter()
+            return await client.stream(
+                "/v1/chat/completions", payload, lambda: CHAT_STEPS.labels("engine_first_text").observe(time.perf_counter() - sent)
+            )
         return await client.forward("POST", "/v1/chat/completions", payload)
+
+    @app.get("/engine", include_in_schema=False)
+    async def engine_address(request: Request) -> dict:
+        """Where a caller on this host reaches the engine itself, and whether it serves yet: the
+        gateway streams from it directly (bentos/chat/engine_link.py)."""
+        process: Engine = app_state(request, "engine_process")
+        return {"url": process.base_url, "warm": process.warm and process.running}
 
     add_not_found_route(app)
     return app
+
+
+def audit_prompt(request_id: str | None, messages: list) -> None:
+    """RAGSERVE_LOG_PROMPTS: exactly what reaches the model, logged by whichever service sends it."""
+    log.info("prompt", extra={"fields": {"request_id": request_id, "messages": messages}})

@@ -23,7 +23,7 @@ class EngineService:
         self.engine = Engine(settings, resolve_model(settings))
         Supervisor(self.engine).start()
         self.client = engine_relay(self.engine, settings)
-        app.state.engine = self.client
+        app.state.engine, app.state.engine_process = self.client, self.engine
 
     async def __is_ready__(self) -> bool:
         return await self.engine.is_ready(self.client.http)

@@ -121,13 +121,11 @@ def run_serve_bench(
             entry = {"ready_s": round(ready_s, 1), "levels": {}}
             asyncio.run(run_load(url + "/v1", key, settings.model_name, 1, 2, 8, prompts, timeout_s=120))  # warm-up
             for c in tqdm(levels, desc=name, unit="level"):
-                before = prepare_totals(url, key) if name == "gateway" else None
+                before = step_totals(url, key)
                 report: Report = asyncio.run(
                     run_load(url + "/v1", key, settings.model_name, c, max(n_requests, 2 * c), max_tokens, prompts)
                 )
-                entry["levels"][str(c)] = report.as_dict()
-                if before is not None:
-                    entry["levels"][str(c)]["prepare_ms_mean"] = prepare_ms_since(url, key, before)
+                entry["levels"][str(c)] = {**report.as_dict(), "steps_ms_mean": step_means(before, step_totals(url, key))}
             results["targets"][name] = entry
     results["ratios"] = ratios(results, levels)
     print_table(results, levels)
@@ -138,17 +136,39 @@ def run_serve_bench(
     return results
 
 
-def prepare_totals(url: str, key: str) -> tuple[float, float]:
-    """The gateway's ragserve_gateway_prepare_seconds (sum, count): its own time before the model."""
-    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}"} if key else None, timeout=10).text
-    values = {s.name: s.value for s in samples(text) if s.name.startswith("ragserve_gateway_prepare_seconds_")}
-    return values.get("ragserve_gateway_prepare_seconds_sum", 0.0), values.get("ragserve_gateway_prepare_seconds_count", 0.0)
+# Histograms whose mean per request the bench reports: the gateway's steps (one per label), its
+# whole time before the model, and vLLM's own time to first token (what the engine alone takes).
+PREPARE_STEP, ENGINE_STEP = "before the model (all steps)", "vLLM's own TTFT"
+STEP_FAMILIES = {
+    "ragserve_chat_step_seconds": "step",
+    "ragserve_gateway_prepare_seconds": PREPARE_STEP,
+    "vllm:time_to_first_token_seconds": ENGINE_STEP,
+}
 
 
-def prepare_ms_since(url: str, key: str, before: tuple[float, float]) -> float | None:
-    """The gateway's mean time before the model (ms) over the requests since ``before``."""
-    (s0, n0), (s1, n1) = before, prepare_totals(url, key)
-    return round((s1 - s0) / (n1 - n0) * 1000, 2) if n1 > n0 else None
+def step_totals(url: str, key: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) per step from a server's /metrics (the gateway's includes its engine's)."""
+    return totals_in(httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}"} if key else None, timeout=10).text)
+
+
+def totals_in(text: str) -> dict[str, tuple[float, float]]:
+    totals: dict[str, list[float]] = {}
+    for sample in samples(text):
+        for family, label in STEP_FAMILIES.items():
+            if sample.name in (f"{family}_sum", f"{family}_count"):
+                step = sample.labels.get(label, label)
+                totals.setdefault(step, [0.0, 0.0])[sample.name.endswith("_count")] += sample.value
+    return {step: (s, n) for step, (s, n) in totals.items()}
+
+
+def step_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean ms per request in each step between two ``step_totals``."""
+    means = {}
+    for step, (s1, n1) in after.items():
+        s0, n0 = before.get(step, (0.0, 0.0))
+        if n1 > n0:
+            means[step] = round((s1 - s0) / (n1 - n0) * 1000, 2)
+    return means
 
 
 def ratios(results: dict, levels: list[int]) -> dict:
@@ -176,11 +196,42 @@ def print_table(results: dict, levels: list[int]) -> None:
                 f"{r['itl_p50_ms']:>6.1f}ms {r['itl_p95_ms']:>6.1f}ms {r['failed']:>7}"
             )
         q = results["ratios"][c]
-        prepare = ours["levels"][c].get("prepare_ms_mean")
-        print(
-            f"{c:>4} {'ratio':>8} {q['throughput_ratio']}x throughput, TTFT p50 {q['added_ttft_p50_ms']:+.1f} ms"
-            f" (gateway before the model: {prepare} ms mean)"
-        )
+        print(f"{c:>4} {'ratio':>8} {q['throughput_ratio']}x throughput, TTFT p50 {q['added_ttft_p50_ms']:+.1f} ms")
+    print_steps(results, levels)
+
+
+# The chat path up to the first text, in order. Indented rows run within the rows around them:
+# the search beside the input rails; the model service's wait for vLLM's first text inside the
+# relay, and vLLM's own TTFT inside that.
+STEP_ROWS = [
+    ("request", "queue, auth, body"),
+    ("embed", "embedding"),
+    ("input_rails", "input rails"),
+    ("search", "  search, beside the rails"),
+    ("cache_lookup", "answer cache lookup"),
+    ("retrieve", "wait for the search"),
+    ("retrieval_rails", "retrieval rails"),
+    ("prompt", "prompt"),
+    (PREPARE_STEP, "= before the model"),
+    ("model_headers", "relay: model's headers"),
+    ("model_first_text", "relay: then first text"),
+    ("engine_first_text", "  model service: vLLM's first text"),
+    (ENGINE_STEP, "    vLLM's own TTFT"),
+    ("hold_back", "held back by masking"),
+]
+
+
+def print_steps(results: dict, levels: list[int]) -> None:
+    """Mean ms per request in each step of the gateway's path to the first text, per level, and
+    plain vLLM's own TTFT beside it."""
+    print("\nwhere the gateway's time to first text goes (mean ms per request)")
+    print(f"{'step':<36}" + "".join(f"{c:>9}" for c in levels))
+    rows = [*STEP_ROWS, (ENGINE_STEP, "plain vLLM: its own TTFT")]
+    for i, (step, label) in enumerate(rows):
+        target = "vllm" if i == len(rows) - 1 else "gateway"
+        means = [results["targets"][target]["levels"][str(c)]["steps_ms_mean"].get(step) for c in levels]
+        if any(m is not None for m in means):
+            print(f"{label:<36}" + "".join(f"{m:>9.1f}" if m is not None else f"{'-':>9}" for m in means))
 
 
 def chart(results: dict, levels: list[int], path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bentos.settings import Settings
-from bentos.tools.bench import QUESTIONS, bento, index_corpus, prepare_ms_since, prepare_totals
+from bentos.tools.bench import PREPARE_STEP, QUESTIONS, bento, index_corpus, step_means, step_totals
 from bentos.tools.loadgen import run_load
 
 
@@ -43,9 +43,9 @@ def run_cache_bench(settings: Settings, levels: list[int], n_requests: int, max_
             asyncio.run(run_load(url, key, settings.model_name, 1, 2, 8, QUESTIONS, extra_body=lambda i: {"cache": False}))  # warm-up
             for c in tqdm(levels, desc=f"cache {cache}", unit="level"):
                 level = results["levels"].setdefault(str(c), {})
-                before = prepare_totals(base, key)
+                before = step_totals(base, key)
                 miss = seeded_round(url, key, settings, c, max_tokens, rounds[c]).as_dict()
-                miss["prepare_ms_mean"] = prepare_ms_since(base, key, before)
+                miss["prepare_ms_mean"] = step_means(before, step_totals(base, key)).get(PREPARE_STEP)
                 level[f"cache {cache}, miss"] = miss
                 if cache == "on":
                     level["cache on, hit"] = seeded_round(url, key, settings, c, max_tokens, rounds[c]).as_dict()

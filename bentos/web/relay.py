@@ -12,6 +12,7 @@ from fastapi.responses import Response, StreamingResponse
 from httpx_sse import EventSource
 
 from bentos.web.errors import APIError
+from bentos.web.timing import TEXT_CHUNK
 
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
 # The next hop's own response headers: this service sets its own (one X-Request-ID, one Date).
@@ -69,15 +70,16 @@ class Relay:
             raise UpstreamError.of(upstream)
         return upstream
 
-    async def stream(self, path: str, payload: Any) -> Response:
-        """Server-sent events relayed chunk by chunk. Closing the upstream response when our client
-        goes away makes the next hop (and finally vLLM) abort the generation."""
+    async def stream(self, path: str, payload: Any, on_text: Callable[[], None] | None = None) -> Response:
+        """Server-sent events relayed chunk by chunk (``on_text`` called at the first with text).
+        Closing the upstream response when our client goes away makes the next hop (and finally
+        vLLM) abort the generation."""
         try:
             upstream = await self.open_stream(path, payload)
         except UpstreamError as e:
             return e.response()
 
-        return StreamingResponse(body_of(upstream), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(body_of(upstream, on_text), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 class UpstreamError(Exception):
@@ -97,11 +99,14 @@ class UpstreamError(Exception):
         return Response(self.body, status_code=self.status, media_type=self.content_type or "application/json", headers=headers)
 
 
-async def body_of(upstream: httpx.Response) -> AsyncIterator[bytes]:
+async def body_of(upstream: httpx.Response, on_text: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
     """An upstream body passed on chunk by chunk as it arrives, still encoded. Closing it when our
     client goes away makes the next hop (and finally vLLM) abort the generation."""
     try:
         async for chunk in upstream.aiter_raw():
+            if on_text is not None and TEXT_CHUNK.search(chunk):
+                on_text()
+                on_text = None
             yield chunk
     finally:
         await upstream.aclose()

@@ -79,6 +79,16 @@ CHAT_STREAM_RATE = Histogram(
     buckets=RATE_BUCKETS,
     registry=SERVICE_METRICS,
 )
+# Where a chat request's time goes before its first text leaves (or its answer, not streamed), one
+# label per step: the gateway's steps (bentos/chat/steps.py) and the relay hops after them, and the
+# model service's own wait for vLLM. Both services' processes write it; /metrics sums them.
+CHAT_STEPS = Histogram(
+    "ragserve_chat_step_seconds",
+    "Chat requests: time in each step up to the first text sent (streamed) or the answer (not streamed).",
+    ["step"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
+    registry=SERVICE_METRICS,
+)
 CHAT_TOTAL = Histogram(
     "ragserve_chat_total_seconds",
     "Chat answers not streamed: time from the request to the end of the body.",
@@ -98,6 +108,7 @@ class FeltLatency:
         if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
             return await self.app(scope, receive, send)
         timing, status = Timing(time.perf_counter()), 500
+        scope.setdefault("state", {})["arrived"] = timing.started  # where the route's step timing starts
 
         async def send_timed(message: Message) -> None:
             nonlocal status
