@@ -435,9 +435,13 @@ def test_kserve_promotion_reads_each_step_from_prometheus(stack, unguarded_stack
     new revision is the guarded stack over the rails-off one: two releases that differ by the
     rails. For that, --max-ttft-ratio and --min-tps-ratio are widened (TTFT ratios of 1.0-1.6
     measured between the idle stacks here); they bound the pre-traffic comparison, the shadow
-    stage and the steps' pace. Those gates fail clearly worse candidates at their defaults in
-    test_performance_gate_fails_a_slower_candidate and test_shadow_stage_on_the_real_stacks; the
-    steps' latency gate and the minimum of requests per step keep their defaults here."""
+    stage and the steps' pace. So is the steps' latency gate, --max-latency-ratio 3: the rails and
+    the masking's first-word hold-back put the guarded revision's first text about one histogram
+    bucket above the rails-off one's, and a P99 of ten requests is their slowest, so one request in
+    the next bucket made it 2.01x (990 vs 493 ms; 1.36x in the run before). Those gates fail clearly
+    worse candidates at their defaults in test_performance_gate_fails_a_slower_candidate,
+    test_step_gate_rolls_back_a_candidate_slow_under_traffic and test_shadow_stage_on_the_real_stacks;
+    the minimum of requests per step keeps its default."""
     revisions = {"ragserve-predictor-00001": unguarded_stack.url, "ragserve-predictor-00002": stack.url}
     with prometheus(revisions, tmp_path) as prom, router(unguarded_stack.url, tmp_path, green=stack.url) as url:
         exe, state, log = fake_kubectl(tmp_path, prev=unguarded_stack.url, latest=stack.url, router=url)
@@ -447,7 +451,7 @@ def test_kserve_promotion_reads_each_step_from_prometheus(stack, unguarded_stack
             code, decisions, err = promote(
                 "kserve", "-n", "llm", "--kubectl", str(exe), "--prometheus-url", prom, "--eval", eval_set,
                 "--api-key", stack.api_key, "--steps", "50,100", "--step-seconds", "4", "--ready-timeout-seconds", "60",
-                "--max-ttft-ratio", "3", "--min-tps-ratio", "0.33",
+                "--max-ttft-ratio", "3", "--min-tps-ratio", "0.33", "--max-latency-ratio", "3",
                 "--router-url", url, "--shadow-seconds", "4",
             )  # fmt: skip
     report("kserve promotion from Prometheus", load, decisions)
