@@ -31,10 +31,13 @@ def http_client(base_url: str, timeout_s: float, transport: httpx.AsyncBaseTrans
     )
 
 
+UNREACHABLE = "upstream_unreachable"  # the error code of a hop that could not be reached
+
+
 def unreachable(e: Exception, what: str) -> APIError:
     if isinstance(e, httpx.TimeoutException):
         return APIError(504, f"{what} did not answer in time (RAGSERVE_REQUEST_TIMEOUT_S)", "upstream_timeout")
-    return APIError(503, f"{what} is unreachable ({type(e).__name__}); retry shortly", "upstream_unreachable", {"Retry-After": "5"})
+    return APIError(503, f"{what} is unreachable ({type(e).__name__}); retry shortly", UNREACHABLE, {"Retry-After": "5"})
 
 
 class Relay:
