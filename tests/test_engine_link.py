@@ -90,7 +90,7 @@ def test_streams_go_direct_only_while_the_engine_is_warm_and_reachable(serve, ca
 
         await one()  # the engine is still warming: through the model service (which answers 503 then)
         state["warm"] = True
-        link.checked = float("-inf")  # as if check_s had passed
+        link.checked = float("-inf")  # forget what it knew, as after a failed stream: it asks before the next one
         await one()
         await one()  # known warm: direct without asking again
         stop_engine()
