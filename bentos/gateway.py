@@ -65,7 +65,7 @@ if settings.guard_in_process:  # a third service only when a guard model is set
 @bentoml.service(name="ragserve-gateway", **service_options(settings))
 @bentoml.asgi_app(gateway_app, path="/v1")
 class Gateway:
-    llm = bentoml.depends(LLM)
+    llm = bentoml.depends(LLM, url=settings.model_url)  # no URL: `bentoml serve` starts it beside this one
     if settings.guard_in_process:
         guard = bentoml.depends(GuardLLM)
 

@@ -190,6 +190,13 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(
         False, description="Model service logs the messages it sends to the engine (after masking): an audit of what the model receives."
     )
+    model_url: str | None = Field(
+        None,
+        pattern=r"^(https?|file)://",
+        description="A model service running elsewhere (`bentoml serve bentos.llm_service:LLM` on a GPU node, another pod; "
+        "http(s)://, or file:// for its Unix socket) that the gateway relays to instead of starting its own; it must accept "
+        "RAGSERVE_API_KEY.",
+    )
     direct_streams: bool = Field(
         True,
         description="Where the model service runs on the same host, the gateway streams answers from its engine directly "

@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -159,6 +160,48 @@ def start_stack(tmp_path: Path, api_key: str, extra: dict[str, str]) -> tuple[Se
     return stack, lambda: launch.stop(launched)
 
 
+def stack_settings(key: str) -> dict[str, str]:
+    """The session stack's settings. The prompt audit log shows what the model received
+    (tests/test_guardrails_gateway.py reads it); small capacity limits make a burst overflow them
+    (tests/test_hostile_input.py). The answer cache is on, with a second key as a second tenant
+    (tests/test_answer_cache.py)."""
+    return {
+        "RAGSERVE_LOG_PROMPTS": "true",
+        "RAGSERVE_MAX_CONCURRENT_REQUESTS": "16",
+        "RAGSERVE_MAX_QUEUED_REQUESTS": "16",
+        "RAGSERVE_CACHE": "true",
+        "RAGSERVE_API_KEY": f"{key},{SECOND_TENANT_PREFIX}{key}",
+    }
+
+
+def model_service_url(stack: ServedStack) -> str:
+    """Where the stack's gateway reaches its model service: BentoML hands each worker that map."""
+    for proc in stack.server.children(recursive=True):
+        if "ragserve-gateway" in proc.cmdline():
+            return json.loads(proc.environ()["BENTOML_RUNNER_MAP"])["ragserve-llm"]
+    raise RuntimeError(f"no gateway worker under `bentoml serve` (pid {stack.server.pid})")
+
+
+@contextmanager
+def another_gateway(stack: ServedStack, tmp_path: Path) -> Iterator[str]:
+    """`bentoml serve .` of the session stack's release with RAGSERVE_MODEL_URL set to that stack's
+    model service: a second gateway, with its own process, rails, cache and metrics, answering
+    from the same engine (a second engine would not fit beside the others on two cores). Yields
+    its URL once it logs that it is ready."""
+    from bentos.tools import launch
+
+    # The stack's index, as a second replica reads it
+    extra = {**stack_settings(stack.api_key), "RAGSERVE_MODEL_URL": model_service_url(stack), "RAGSERVE_DB": str(stack.db)}
+    env, _, port = stack_env(tmp_path, stack.api_key, extra)
+    launched = launch.start_bento(port, env, tmp_path / f"gateway-{port}.log", START_TIMEOUT_S)
+    try:
+        workers = [" ".join(p.cmdline()) for p in psutil.Process(launched.proc.pid).children(recursive=True)]
+        assert not [w for w in workers if "ragserve-llm" in w], f"RAGSERVE_MODEL_URL is set, yet a model service started: {workers}"
+        yield launched.url
+    finally:
+        launch.stop(launched)
+
+
 def start_modal_container(tmp_path: Path, api_key: str, extra: dict[str, str]) -> tuple[ServedStack, Callable[[], None]]:
     """The Modal serving class run locally as a container runs it (tests/modal_container.py), in
     a process of its own so that its RAGSERVE_* environment stays its own."""
@@ -239,17 +282,7 @@ def boots(request, tmp_path_factory, nothing_left_running) -> dict[str, Boot]:
 
         get_embedder()  # loaded once, before the boots index their corpus with it
     if any(uses(i, "stack") for i in items):
-        # The prompt audit log shows what the model received (tests/test_guardrails_gateway.py
-        # reads it); small capacity limits make a burst overflow them (tests/test_hostile_input.py).
-        # The answer cache is on, with a second key as a second tenant (tests/test_answer_cache.py).
-        extra = {
-            "RAGSERVE_LOG_PROMPTS": "true",
-            "RAGSERVE_MAX_CONCURRENT_REQUESTS": "16",
-            "RAGSERVE_MAX_QUEUED_REQUESTS": "16",
-            "RAGSERVE_CACHE": "true",
-            "RAGSERVE_API_KEY": f"{key},{SECOND_TENANT_PREFIX}{key}",
-        }
-        started["stack"] = Boot("stack", partial(start_stack, tmp_path_factory.mktemp("stack"), key, extra))
+        started["stack"] = Boot("stack", partial(start_stack, tmp_path_factory.mktemp("stack"), key, stack_settings(key)))
     if any(uses(i, "unguarded_stack") for i in items):
         # Fast boot (no compilation: it does not race the other stack for the compile cache) and
         # rails off; vLLM's CPU build pins every engine to core 0, so this one gets core 1.

@@ -76,6 +76,7 @@ def test_port_from_plain_PORT(monkeypatch):
         {"RAGSERVE_PORT": "70000"},
         {"RAGSERVE_TENSOR_PARALLEL_SIZE": "0"},
         {"RAGSERVE_ENFORCE_EAGER": "maybe"},
+        {"RAGSERVE_MODEL_URL": "gpu-node:3000"},  # no scheme: http(s):// or file://
     ],
 )
 def test_bad_values_rejected(monkeypatch, env):
