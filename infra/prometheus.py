@@ -65,4 +65,7 @@ class Prometheus:
         for field, (metric, extra) in HISTOGRAMS.items():
             for row in self.query(f"sum by (le) (increase({metric}_bucket{self.selector(revision, extra)}{window}))", now):
                 getattr(c, field)[float(row["metric"]["le"])] = float(row["value"][1])
+        pace = GATEWAY_HISTOGRAMS["rate"]
+        for row in self.query(f"sum(increase({pace}_sum{self.selector(revision)}{window}))", now):
+            c.rate_sum = float(row["value"][1])
         return c

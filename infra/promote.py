@@ -30,7 +30,10 @@ class Policy(BaseModel):
     steps: list[int] = Field([10, 50, 100], description="Percents of traffic the candidate gets, in order; the last is 100.")
     step_s: float = Field(30.0, gt=0, description="How long each step is watched.")
     min_step_requests: int = Field(
-        10, ge=0, description="Requests the candidate must serve before a step can pass; a step waits for them up to 10x --step-seconds."
+        10,
+        ge=0,
+        description="Answers of the candidate that must have ended (or failed) before a step can pass; a step waits for them "
+        "up to 10x --step-seconds.",
     )
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Candidate's share of failed attempts (no answer or 5xx) per step.")
     max_latency_ratio: float = Field(
@@ -193,11 +196,11 @@ class Promotion:
         return verdict
 
     def watch(self, cand_url: str, candidate: Slot, live: Slot, percent: int) -> Verdict:
-        """Hold a step for ``step_s`` and until the candidate has served ``min_step_requests`` (no
-        evidence, no promotion), checking every second: a candidate that stops being ready or whose
-        errors already exceed the budget ends the step at once. Where live serves too little in
-        the window to compare with (the 100% step), its larger window from an earlier step is the
-        baseline."""
+        """Hold a step for ``step_s`` and until ``min_step_requests`` of the candidate's answers have
+        ended (no evidence, no promotion; an answer still streaming has no figures yet), checking
+        every second: a candidate that stops being ready or whose errors already exceed the budget
+        ends the step at once. Where live serves too little in the window to compare with (the 100%
+        step), its larger window from an earlier step is the baseline."""
         p = self.policy
         enough = max(p.min_step_requests, 1)
         since = self.backend.window()
@@ -210,7 +213,7 @@ class Promotion:
                 delta = {slot: served.get(slot, gates.SlotCounts()) for slot in (candidate, live)}
                 seen = baseline = delta[live]
                 earlier = self.live_baseline
-                if baseline.attempts < enough and earlier and earlier[1].attempts > baseline.attempts:
+                if baseline.answered < enough and earlier and earlier[1].answered > baseline.answered:
                     baseline = earlier[1]
                 verdict = gates.step_verdict(
                     percent, delta[candidate], baseline, p.max_error_rate, p.max_latency_ratio, p.min_step_requests, p.min_tps_ratio
@@ -224,10 +227,10 @@ class Promotion:
                     return Verdict(verdict.gate, False, verdict.figures, "the candidate's /readyz stopped answering 200")
                 if verdict.figures["error_rate"] > p.max_error_rate and delta[candidate].attempts >= enough:
                     return verdict
-                if (held >= p.step_s and delta[candidate].attempts >= p.min_step_requests) or held >= MAX_HOLD_FACTOR * p.step_s:
+                if (held >= p.step_s and delta[candidate].answered >= p.min_step_requests) or held >= MAX_HOLD_FACTOR * p.step_s:
                     return verdict
         finally:  # this step's live window becomes the baseline if it is the better sample
-            if seen.attempts >= enough or not self.live_baseline or seen.attempts > self.live_baseline[1].attempts:
+            if seen.answered >= enough or not self.live_baseline or seen.answered > self.live_baseline[1].answered:
                 self.live_baseline = (percent, seen)
 
     def roll_back(self, outcome: Outcome, verdict: Verdict) -> Outcome:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from bentos.web.timing import Timing
+from bentos.web.timing import REPLAY_HEADER, Timing
 
 MAX_CAPTURED = 1 << 20  # bytes of one answer kept for the comparison
 MAX_COMPARED_CHARS = 4000  # answer similarity reads this much of each text
@@ -52,8 +52,9 @@ class Answer:
 
 def read_answer(status: int, body: bytes, timing: Timing) -> Answer:
     """An OpenAI-shaped chat answer, plain JSON or server-sent events, with the gateway's extras
-    (``citations``, ``guardrails``)."""
-    answer = Answer(status, ttft_s=timing.ttft_s, rate=timing.rate)
+    (``citations``, ``guardrails``). A replay from the answer cache is compared, but not timed: its
+    speed says nothing of the release that would have generated it."""
+    answer = Answer(status, ttft_s=None if timing.replayed else timing.ttft_s, rate=timing.rate)
     if timing.stream:
         events = []
         for line in body.decode("utf-8", "replace").splitlines():
@@ -172,6 +173,7 @@ class Mirror:
         except httpx.HTTPError:
             return Answer(status=0)
         timing.stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        timing.replayed = REPLAY_HEADER in upstream.headers
         try:
             async for chunk in upstream.aiter_bytes():  # decoded: the comparison reads it
                 timing.feed(chunk)

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bentos.web.metrics import samples
+from bentos.web.timing import REPLAY_HEADER
 from conftest import CORPUS, SECOND_TENANT_PREFIX, build_index
 from test_guardrails_gateway import metric
 
@@ -31,8 +32,16 @@ def test_a_paraphrase_is_answered_from_the_cache_plain_and_streamed(stack):
     hits = metric(stack, "ragserve_cache_hits_total")
     first = ask(stack, "How long does a Zorblax refund take to reach my card?")
     assert first.model_extra["cache"] == {"hit": False}
-    again = ask(stack, "How long does a Zorblax refund take to get to my card?")  # cosine 0.99
+    raw = stack.openai().chat.completions.with_raw_response.create(
+        model="x",
+        messages=[{"role": "user", "content": "How long does a Zorblax refund take to get to my card?"}],
+        max_tokens=24,
+        temperature=0,
+    )  # cosine 0.99
+    again = raw.parse()
     assert again.model_extra["cache"]["hit"] is True and again.model_extra["cache"]["similarity"] >= 0.92
+    assert raw.headers.get(REPLAY_HEADER) == "hit"  # what the router and the release gates read
+    paced, timed = metric(stack, "ragserve_chat_stream_rate_count"), metric(stack, "ragserve_chat_ttft_seconds_count")
     assert again.choices[0].message.content == first.choices[0].message.content
     assert again.model_extra["citations"] == first.model_extra["citations"]
     assert again.usage.completion_tokens == first.usage.completion_tokens > 0
@@ -40,6 +49,8 @@ def test_a_paraphrase_is_answered_from_the_cache_plain_and_streamed(stack):
     assert chunks[0].model_extra["cache"]["hit"] is True and chunks[0].model_extra["citations"] == first.model_extra["citations"]
     assert text == first.choices[0].message.content
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # it streams, word by word
+    # felt as any answer, but written out without waiting: no pace to compare a release by
+    assert metric(stack, "ragserve_chat_ttft_seconds_count") == timed + 1 and metric(stack, "ragserve_chat_stream_rate_count") == paced
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == first.choices[0].finish_reason
     assert chunks[-1].usage.completion_tokens == first.usage.completion_tokens
     assert metric(stack, "ragserve_cache_hits_total") == hits + 2

@@ -31,7 +31,7 @@ from bentos.tools.cli import main as ragserve
 from bentos.tools.launch import answers, serving, wait_for
 from bentos.web.relay import body_of
 from bentos.web.timing import TEXT_CHUNK
-from conftest import record
+from conftest import another_gateway, record
 from infra import gates
 from infra.backends import local_backend
 from infra.promote import Policy, Promotion
@@ -62,12 +62,16 @@ def eval_set(tmp_path_factory) -> str:
     return str(path)
 
 
-# Short steps for the test (the defaults, 30 s and 10 requests, are for real traffic); every gate
-# that compares the candidate with live keeps its default. A candidate that should pass is a new
-# revision of the live release (the guarded stack behind a proxy), as a real rollout mostly is;
-# the gates failing clearly worse ones at the same settings: test_performance_gate_fails_a_slower_candidate,
+# Short steps for the test (the defaults, 10/50/100% of 30 s each, are for real traffic); every gate
+# that compares the candidate with live keeps its default. Each step waits for twice the default
+# evidence: the mean pace of ~10 streams per slot. Here one stream's pace swings 3x with what decodes
+# beside it, and over ~5 streams a candidate identical to live fell under 0.67x live's in 0.3-0.8% of
+# steps, ~10 under 0.03% (resampling 203 streams measured under this load). A candidate that should
+# pass is a new revision of the live release (the guarded stack behind a proxy), as a real rollout
+# mostly is; the gates failing clearly worse ones at the same settings: test_performance_gate_fails_a_slower_candidate,
 # test_step_gate_rolls_back_a_candidate_slow_under_traffic and the shadow stage's slowed candidate.
-FAST = ["--ready-timeout-seconds", "60", "--step-seconds", "4", "--min-step-requests", "2"]
+STEP_ANSWERS = 20
+FAST = ["--ready-timeout-seconds", "60", "--steps", "50,100", "--step-seconds", "4", "--min-step-requests", str(STEP_ANSWERS)]
 
 
 class SteadyLoad:
@@ -183,12 +187,12 @@ def promote_revision_under_load(stack, tmp_path: Path, eval_set: str, fault) -> 
 
 
 def test_local_promotion_under_load_loses_no_request(stack, tmp_path, eval_set):
-    """A new revision of the guarded release is promoted in 10/50/100% steps."""
+    """A new revision of the guarded release is promoted in 50/100% steps."""
     code, decisions, err, weights, load = promote_revision_under_load(stack, tmp_path, eval_set, no_fault)
     report("promotion", load, decisions)
     assert code == 0, err
     gates = gates_of(decisions)
-    assert all(gates[g]["passed"] for g in ("ready", "smoke", "quality", "performance", "step 10%", "step 50%", "step 100%")), decisions
+    assert all(gates[g]["passed"] for g in ("ready", "smoke", "quality", "performance", "step 50%", "step 100%")), decisions
     assert gates["quality"]["figures"]["block_rate"] == 1.0 and gates["performance"]["figures"]["ttft_ratio"] > 0
     assert decisions[-1]["event"] == "promoted" and weights == {"blue": 0, "green": 100}
     assert load.failed == 0, load.errors[:5]
@@ -259,7 +263,7 @@ def test_candidate_failing_under_traffic_is_rolled_back_mid_step(stack, tmp_path
     assert code == 1, err
     gates = gates_of(decisions)
     assert all(gates[g]["passed"] for g in ("smoke", "quality", "performance"))
-    step = gates["step 10%"]
+    step = gates["step 50%"]
     assert not step["passed"] and step["figures"]["candidate_errors"] > 0 and "error rate" in step["reason"]
     assert weights == {"blue": 100, "green": 0}
     assert load.failed == 0, load.errors[:5]  # the router retried every failed attempt on blue
@@ -273,13 +277,15 @@ async def slow_routed_chat(request: Request) -> None:
 
 def test_step_gate_rolls_back_a_candidate_slow_under_traffic(stack, tmp_path, eval_set):
     """The step latency gate at its default, on the same stacks and steps as the promotion that
-    passes: a candidate whose answers reach users 2 s later fails step 10% on what users feel."""
+    passes: a candidate whose answers reach users 2 s later fails step 50% on what users feel."""
     code, decisions, err, weights, load = promote_revision_under_load(stack, tmp_path, eval_set, slow_routed_chat)
     report("rollback on the step latency gate", load, decisions)
     assert code == 1, err
-    step = gates_of(decisions)["step 10%"]
+    step = gates_of(decisions)["step 50%"]
     # 2 s more before headers: streams' first text and plain answers' end both come that much later
-    assert not step["passed"] and re.match(r"(time to first text|total time) P99 \d+", step["reason"]), step
+    # (the step waits for answers that have ended: headers alone are no verdict on either)
+    failed_on = re.match(r"(time to first text|total time) P99 (\d+)", step["reason"] or "")
+    assert not step["passed"] and failed_on and float(failed_on[2]) >= 2000, step
     assert weights == {"blue": 100, "green": 0}
     assert load.failed == 0, load.errors[:5]
 
@@ -310,8 +316,6 @@ def test_modal_backend_moves_weights_in_the_dict(stack, monkeypatch, eval_set):
             eval_set,
             "--api-key",
             stack.api_key,
-            "--steps",
-            "50,100",
             *FAST,
         ]
         with SteadyLoad(url, stack.api_key, workers=2) as load:
@@ -426,34 +430,22 @@ def prometheus(pods: dict[str, str], tmp_path: Path):
         proc.wait(10)
 
 
-def test_kserve_promotion_reads_each_step_from_prometheus(stack, unguarded_stack, tmp_path, eval_set):
+def test_kserve_promotion_reads_each_step_from_prometheus(stack, tmp_path, eval_set):
     """The KServe backend against a stand-in kubectl whose patches move a real router's weights
-    (Knative's split), the two stacks as the two revisions' pods, and a real Prometheus scraping
-    them: each step's figures per revision come from Prometheus, with the default minimum of
-    requests per step. The same router is the one in front (--router-url) whose shadow slot is
-    the latest revision: a shadow stage runs first. Each revision needs its own metrics, so the
-    new revision is the guarded stack over the rails-off one: two releases that differ by the
-    rails. For that, --max-ttft-ratio and --min-tps-ratio are widened (TTFT ratios of 1.0-1.6
-    measured between the idle stacks here); they bound the pre-traffic comparison, the shadow
-    stage and the steps' pace. So is the steps' latency gate, --max-latency-ratio 3: the rails and
-    the masking's first-word hold-back put the guarded revision's first text about one histogram
-    bucket above the rails-off one's, and a P99 of ten requests is their slowest, so one request in
-    the next bucket made it 2.01x (990 vs 493 ms; 1.36x in the run before). Those gates fail clearly
-    worse candidates at their defaults in test_performance_gate_fails_a_slower_candidate,
-    test_step_gate_rolls_back_a_candidate_slow_under_traffic and test_shadow_stage_on_the_real_stacks;
-    the minimum of requests per step keeps its default."""
-    revisions = {"ragserve-predictor-00001": unguarded_stack.url, "ragserve-predictor-00002": stack.url}
-    with prometheus(revisions, tmp_path) as prom, router(unguarded_stack.url, tmp_path, green=stack.url) as url:
-        exe, state, log = fake_kubectl(tmp_path, prev=unguarded_stack.url, latest=stack.url, router=url)
-        # One client at a time: the guarded revision does more work per request than the rails-off
-        # one on the same two cores, and queueing behind each other would multiply that difference.
-        with SteadyLoad(url, stack.api_key, workers=1) as load:
-            code, decisions, err = promote(
-                "kserve", "-n", "llm", "--kubectl", str(exe), "--prometheus-url", prom, "--eval", eval_set,
-                "--api-key", stack.api_key, "--steps", "50,100", "--step-seconds", "4", "--ready-timeout-seconds", "60",
-                "--max-ttft-ratio", "3", "--min-tps-ratio", "0.33", "--max-latency-ratio", "3",
-                "--router-url", url, "--shadow-seconds", "4",
-            )  # fmt: skip
+    (Knative's split), two gateways of the guarded release as the two revisions' pods, and a real
+    Prometheus scraping them: each step's figures per revision come from Prometheus, with every
+    gate at its default. The same router is the one in front (--router-url) whose shadow slot is
+    the latest revision: a shadow stage runs first. Each revision needs metrics of its own, so the
+    new one is a second gateway process over the session stack's model service (conftest.another_gateway)."""
+    with another_gateway(stack, tmp_path) as latest:
+        revisions = {"ragserve-predictor-00001": stack.url, "ragserve-predictor-00002": latest}
+        with prometheus(revisions, tmp_path) as prom, router(stack.url, tmp_path, green=latest) as url:
+            exe, state, log = fake_kubectl(tmp_path, prev=stack.url, latest=latest, router=url)
+            with SteadyLoad(url, stack.api_key) as load:
+                code, decisions, err = promote(
+                    "kserve", "-n", "llm", "--kubectl", str(exe), "--prometheus-url", prom, "--eval", eval_set,
+                    "--api-key", stack.api_key, *FAST, "--router-url", url, "--shadow-seconds", "4",
+                )  # fmt: skip
     report("kserve promotion from Prometheus", load, decisions)
     assert code == 0, err
     steps = gates_of(decisions)
@@ -466,14 +458,15 @@ def test_kserve_promotion_reads_each_step_from_prometheus(stack, unguarded_stack
     # One read at the start, one to confirm each patch, one for the final table: no polling.
     assert len(gets) <= 2 + len(patches(log)), f"{len(gets)} gets of the InferenceService"
     half, full = steps["step 50%"]["figures"], steps["step 100%"]["figures"]
-    assert half["candidate_requests"] >= Policy().min_step_requests and full["candidate_requests"] >= Policy().min_step_requests
+    assert half["candidate_answered"] >= STEP_ANSWERS and full["candidate_answered"] >= STEP_ANSWERS
     assert half["live_requests"] > 0 and half["candidate_errors"] == 0
-    # Each revision's own figures: at 100% live only finishes what was in flight at the switch,
-    # too little to compare with, so the candidate is compared with live as the 50% step measured it.
-    assert full["live_requests"] < full["candidate_requests"] / 4
+    # Each revision's own figures: at 100% live only finishes what was in flight at the switch (and
+    # the window's whole seconds reach a little before it), too little to compare with, so the
+    # candidate is compared with live as the 50% step measured it.
+    assert full["live_requests"] < STEP_ANSWERS <= full["candidate_answered"]
     assert full["live_baseline"] == "step 50%" and full["live_ttft_p99_ms"] == half["live_ttft_p99_ms"]
     # What users feel, per revision, from the gateways' own histograms.
-    assert half["candidate_ttft_p99_ms"] > 0 and half["live_ttft_p99_ms"] > 0 and half["candidate_stream_rate_p50"] > 0
+    assert half["candidate_ttft_p99_ms"] > 0 and half["live_ttft_p99_ms"] > 0 and half["candidate_stream_rate_mean"] > 0
     assert load.failed == 0, load.errors[:5]
 
 

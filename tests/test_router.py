@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 from bentos.tools.launch import serving
+from bentos.web.timing import REPLAY_HEADER
 from infra.gates import (
     EvalCase,
     GateError,
@@ -191,15 +192,23 @@ def test_histogram_quantile_and_step_verdict():
     bad = step_verdict(10, SlotCounts(ok=95, errors=5, buckets=c.buckets), live, 0.01, 2.0, 1)
     assert not bad.passed and "error rate 5.0%" in bad.reason
     slow = step_verdict(10, c, live, 0.01, 2.0, 1)
-    assert not slow.passed and "P99" in slow.reason
+    assert not slow.passed and "time to response headers P99" in slow.reason
     assert step_verdict(10, c, live, 0.01, 10.0, 1).passed
     assert "only 0 requests" in step_verdict(10, SlotCounts(), live, 0.01, 2.0, 1).reason
+    # Where the felt figures are measured, answers still streaming are no evidence yet: their
+    # headers came, their first text or end has not, and headers alone would misjudge them.
+    inf = float("inf")
+    streaming = SlotCounts(ok=3, buckets={2.5: 3, inf: 3}, ttft={1.0: 0, inf: 0}, total={1.0: 0, inf: 0})
+    ended = SlotCounts(ok=3, buckets={2.5: 3, inf: 3}, ttft={1.0: 0, 3.0: 2, inf: 2}, total={1.0: 0, 3.0: 1, inf: 1})
+    assert (streaming.attempts, streaming.answered, ended.answered) == (3, 0, 3)
+    assert "only 0 requests reached the candidate and were answered" in step_verdict(10, streaming, live, 0.01, 2.0, 1).reason
 
 
-def paced_upstream(first_s: float, gap_s: float, n: int = 8, guarded: bool = True):
+def paced_upstream(first_s: float, gap_s: float, n: int = 8, guarded: bool = True, replayed: bool = False):
     """A stand-in gateway whose answers start after ``first_s`` and then come a piece every
     ``gap_s``: streamed (headers at once, as a real stream's) or whole. ``guarded``: a message
-    that says "unsafe" is refused as the gateway refuses (finish_reason content_filter)."""
+    that says "unsafe" is refused as the gateway refuses (finish_reason content_filter).
+    ``replayed``: marked as the answer cache marks its replays."""
 
     async def chat(request: Request):
         body = await request.json()
@@ -218,7 +227,7 @@ def paced_upstream(first_s: float, gap_s: float, n: int = 8, guarded: bool = Tru
                 await asyncio.sleep(gap_s)
             yield b"data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream", headers={REPLAY_HEADER: "hit"} if replayed else None)
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
@@ -256,6 +265,21 @@ def test_step_gates_judge_streams_by_first_text_and_pace_not_by_headers():
         assert not verdict.passed and "total time" in verdict.reason, verdict
         _, verdict = step_through_router(live, same, stream=False)
         assert verdict.passed, verdict
+
+
+def test_a_live_slot_answering_from_its_cache_sets_no_pace_for_the_candidate():
+    """Replays come out without waiting: taken as paces they would fail any candidate whose cache
+    is still cold. Marked as replays, they are timed but have no pace."""
+    with (
+        serving(paced_upstream(0.3, 0.0)) as unmarked,
+        serving(paced_upstream(0.3, 0.0, replayed=True)) as replaying,
+        serving(paced_upstream(0.3, 0.02)) as generating,
+    ):
+        counts, verdict = step_through_router(unmarked, generating, stream=True)
+        assert not verdict.passed and "chunks/s" in verdict.reason, verdict  # what the mark prevents
+        counts, verdict = step_through_router(replaying, generating, stream=True)
+        assert verdict.passed and "live_stream_rate_mean" not in verdict.figures, verdict
+        assert counts["blue"].ttft[float("inf")] == 8 and counts["blue"].mean_rate is None
 
 
 def test_policy_and_eval_set_refuse_bad_input(tmp_path):

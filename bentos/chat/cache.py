@@ -37,6 +37,7 @@ from prometheus_client import Counter, Histogram
 from bentos.chat.completions import completion, completion_chunks
 from bentos.web.metrics import SERVICE_METRICS
 from bentos.web.relay import SSE_HEADERS
+from bentos.web.timing import REPLAY_HEADER
 
 log = logging.getLogger("bentos.gateway")
 
@@ -158,8 +159,8 @@ def replay(turn, entry: Entry, similarity: float) -> Response:
         pieces = [w + " " for w in entry.content.split(" ")]
         pieces[-1] = pieces[-1][:-1]
         chunks = completion_chunks(turn.model, pieces, entry.finish_reason, usage=usage, **extra)
-        return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
-    return JSONResponse(completion(turn.model, entry.content, entry.finish_reason, usage=usage, **extra))
+        return StreamingResponse(chunks, media_type="text/event-stream", headers={**SSE_HEADERS, REPLAY_HEADER: "hit"})
+    return JSONResponse(completion(turn.model, entry.content, entry.finish_reason, usage=usage, **extra), headers={REPLAY_HEADER: "hit"})
 
 
 class CacheLookup:

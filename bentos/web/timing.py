@@ -18,6 +18,10 @@ from bentos.web.metrics import SERVICE_METRICS
 FELT_BUCKETS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120)
 RATE_BUCKETS = (1, 2, 3, 5, 7.5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
 
+# Set by the answer cache on an answer it replays (bentos/chat/cache.py): timed like any answer, but
+# written out without waiting, so it has no pace of generation to compare.
+REPLAY_HEADER = "x-ragserve-cache"
+
 # A streamed chunk that carries text: `"content": "x...` (the role chunk's empty content does not count).
 TEXT_CHUNK = re.compile(rb'"content":\s*"(?!")')
 
@@ -25,8 +29,8 @@ TEXT_CHUNK = re.compile(rb'"content":\s*"(?!")')
 class Timing:
     """Fed an answer's body chunk by chunk, from ``started`` (when the request was sent)."""
 
-    def __init__(self, started: float, stream: bool = False):
-        self.started, self.stream = started, stream
+    def __init__(self, started: float, stream: bool = False, replayed: bool = False):
+        self.started, self.stream, self.replayed = started, stream, replayed
         self.first: float | None = None
         self.pieces = 0  # chunks with text after the first
         self.ended: float | None = None
@@ -47,8 +51,8 @@ class Timing:
 
     @property
     def rate(self) -> float | None:
-        """Chunks with text per second after the first (about tokens/s)."""
-        if self.first is None or not self.pieces or self.ended is None or self.ended <= self.first:
+        """Chunks with text per second after the first (about tokens/s); none for a replayed answer."""
+        if self.replayed or self.first is None or not self.pieces or self.ended is None or self.ended <= self.first:
             return None
         return self.pieces / (self.ended - self.first)
 
@@ -116,6 +120,7 @@ class FeltLatency:
                 status = message["status"]
                 headers = dict(message.get("headers") or [])
                 timing.stream = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                timing.replayed = REPLAY_HEADER.encode() in headers
             elif message["type"] == "http.response.body":
                 timing.feed(message.get("body", b""))
                 if not message.get("more_body"):
