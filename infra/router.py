@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from bentos.web.logs import AccessLog
 from bentos.web.relay import HOP_HEADERS, body_of, http_client
-from bentos.web.timing import FELT_BUCKETS, RATE_BUCKETS, REPLAY_HEADER, Timing
+from bentos.web.timing import FELT_BUCKETS, RATE_BUCKETS, Timing
 
 from .shadow import Mirror, captured
 from .traffic import SLOTS, Slot, Traffic
@@ -200,8 +200,8 @@ def create_router_app(
 
         content = body_of(upstream)
         if upstream.status_code < 400:
-            stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
-            timing = Timing(started, stream, replayed=REPLAY_HEADER in upstream.headers)
+            timing = Timing(started)
+            timing.read_headers(upstream.headers)
             content = metrics.observed(content, slot, timing)
             if mirrored is not None:
                 content = captured(content, timing, upstream.status_code, mirrored)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from bentos.web.timing import REPLAY_HEADER, Timing
+from bentos.web.timing import Timing
 
 MAX_CAPTURED = 1 << 20  # bytes of one answer kept for the comparison
 MAX_COMPARED_CHARS = 4000  # answer similarity reads this much of each text
@@ -172,8 +172,7 @@ class Mirror:
             upstream = await self.client.send(request, stream=True)
         except httpx.HTTPError:
             return Answer(status=0)
-        timing.stream = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        timing.replayed = REPLAY_HEADER in upstream.headers
+        timing.read_headers(upstream.headers)
         try:
             async for chunk in upstream.aiter_bytes():  # decoded: the comparison reads it
                 timing.feed(chunk)

@@ -17,10 +17,12 @@ from test_guardrails_gateway import metric
 pytestmark = pytest.mark.stack
 
 
-def ask(stack, question: str, key: str | None = None, **kw):
+def ask(stack, question: str, key: str | None = None, raw: bool = False, **kw):
+    """The parsed answer, or with ``raw`` the response whose ``parse()`` gives it (and its headers)."""
     client = stack.openai(api_key=key) if key else stack.openai()
     kw = {"max_tokens": 24, "temperature": 0, **kw}
-    return client.chat.completions.create(model="x", messages=[{"role": "user", "content": question}], **kw)
+    chat = client.chat.completions.with_raw_response if raw else client.chat.completions
+    return chat.create(model="x", messages=[{"role": "user", "content": question}], **kw)
 
 
 def streamed(stack, question: str, **kw) -> tuple[str, list]:
@@ -32,12 +34,7 @@ def test_a_paraphrase_is_answered_from_the_cache_plain_and_streamed(stack):
     hits = metric(stack, "ragserve_cache_hits_total")
     first = ask(stack, "How long does a Zorblax refund take to reach my card?")
     assert first.model_extra["cache"] == {"hit": False}
-    raw = stack.openai().chat.completions.with_raw_response.create(
-        model="x",
-        messages=[{"role": "user", "content": "How long does a Zorblax refund take to get to my card?"}],
-        max_tokens=24,
-        temperature=0,
-    )  # cosine 0.99
+    raw = ask(stack, "How long does a Zorblax refund take to get to my card?", raw=True)  # cosine 0.99
     again = raw.parse()
     assert again.model_extra["cache"]["hit"] is True and again.model_extra["cache"]["similarity"] >= 0.92
     assert raw.headers.get(REPLAY_HEADER) == "hit"  # what the router and the release gates read

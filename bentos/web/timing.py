@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 
 from prometheus_client import Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,12 +30,18 @@ TEXT_CHUNK = re.compile(rb'"content":\s*"(?!")')
 class Timing:
     """Fed an answer's body chunk by chunk, from ``started`` (when the request was sent)."""
 
-    def __init__(self, started: float, stream: bool = False, replayed: bool = False):
-        self.started, self.stream, self.replayed = started, stream, replayed
+    def __init__(self, started: float):
+        self.started, self.stream, self.replayed = started, False, False
         self.first: float | None = None
         self.pieces = 0  # chunks with text after the first
         self.ended: float | None = None
         self.finished = False
+
+    def read_headers(self, headers: Mapping[str, str]) -> None:
+        """What the response's headers (lower-case names) say of the answer: streamed or not, and
+        whether the answer cache replayed it."""
+        self.stream = headers.get("content-type", "").startswith("text/event-stream")
+        self.replayed = REPLAY_HEADER in headers
 
     def feed(self, chunk: bytes) -> None:
         if self.stream and (found := len(TEXT_CHUNK.findall(chunk))):
@@ -118,9 +125,7 @@ class FeltLatency:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = dict(message.get("headers") or [])
-                timing.stream = headers.get(b"content-type", b"").startswith(b"text/event-stream")
-                timing.replayed = REPLAY_HEADER.encode() in headers
+                timing.read_headers({k.decode("latin-1"): v.decode("latin-1") for k, v in message.get("headers") or []})
             elif message["type"] == "http.response.body":
                 timing.feed(message.get("body", b""))
                 if not message.get("more_body"):
