@@ -214,8 +214,11 @@ def performance(
 HISTOGRAMS = {  # SlotCounts field -> the router's histogram
     "buckets": "ragserve_router_response_seconds",
     "ttft": "ragserve_router_ttft_seconds",
-    "rate": "ragserve_router_stream_rate",
     "total": "ragserve_router_total_seconds",
+}
+PACE_COUNTERS = {  # SlotCounts field -> the router's counter
+    "chunks": "ragserve_router_stream_chunks_total",
+    "stream_s": "ragserve_router_stream_seconds_total",
 }
 
 
@@ -223,17 +226,17 @@ HISTOGRAMS = {  # SlotCounts field -> the router's histogram
 class SlotCounts:
     """Cumulative counters of one slot: attempts that succeeded, that failed, and histograms
     (upper bound -> cumulative count) of the successful ones: time to the response headers
-    (``buckets``), and where the router measures them, a stream's time to first text (``ttft``)
-    and chunks with text per second (``rate``, with the sum of the paces in ``rate_sum``), and a
-    plain answer's total time (``total``)."""
+    (``buckets``), and where the router measures them, a stream's time to first text (``ttft``), a
+    plain answer's total time (``total``), and the streams' chunks with text after the first and
+    the seconds they took (``chunks``, ``stream_s``)."""
 
     ok: float = 0.0
     errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
     ttft: dict[float, float] = field(default_factory=dict)
-    rate: dict[float, float] = field(default_factory=dict)
     total: dict[float, float] = field(default_factory=dict)
-    rate_sum: float = 0.0
+    chunks: float = 0.0
+    stream_s: float = 0.0
 
     def minus(self, before: SlotCounts) -> SlotCounts:
         def less(name: str) -> dict[float, float]:
@@ -244,7 +247,8 @@ class SlotCounts:
             self.ok - before.ok,
             self.errors - before.errors,
             **{name: less(name) for name in HISTOGRAMS},
-            rate_sum=self.rate_sum - before.rate_sum,
+            chunks=self.chunks - before.chunks,
+            stream_s=self.stream_s - before.stream_s,
         )
 
     @property
@@ -261,12 +265,12 @@ class SlotCounts:
         return self.errors + max(self.ttft.values(), default=0.0) + max(self.total.values(), default=0.0)
 
     @property
-    def mean_rate(self) -> float | None:
-        """The streams' mean pace. The mean, not the median: on a shared engine one stream's pace
-        swings with how many others decode beside it (here 6 to 19 chunks/s in one run), and a
-        median of a few lands on either swing; the mean of the same few does not."""
-        n = self.rate.get(float("inf"), 0.0)
-        return self.rate_sum / n if n > 0 else None
+    def pace(self) -> float | None:
+        """Chunks with text per second over all the streams: their chunks over their seconds. On a
+        shared engine one stream's pace swings with how many others decode beside it (here 6 to 19
+        chunks/s in one run), so a median of a few lands on either swing; and one stream whose text
+        came in a burst sets a mean of a few paces, but adds almost no seconds to this."""
+        return self.chunks / self.stream_s if self.stream_s > 0 else None
 
     def quantile(self, q: float, histogram: str = "buckets") -> float | None:
         """Like Prometheus' histogram_quantile: linear within the bucket that holds the rank."""
@@ -298,9 +302,10 @@ def router_counts(metrics_text: str) -> dict[str, SlotCounts]:
                 c.ok += s.value
             else:
                 c.errors += s.value
-        elif s.name == HISTOGRAMS["rate"] + "_sum":
-            c.rate_sum = s.value
         else:
+            for name, metric in PACE_COUNTERS.items():
+                if s.name == metric:
+                    setattr(c, name, s.value)
             for name, metric in HISTOGRAMS.items():
                 if s.name == metric + "_bucket":
                     getattr(c, name)[float(s.labels["le"])] = s.value
@@ -309,9 +314,9 @@ def router_counts(metrics_text: str) -> dict[str, SlotCounts]:
 
 GATEWAY_HISTOGRAMS = {  # SlotCounts field -> the gateway's own histogram (bentos/web/timing.py)
     "ttft": "ragserve_chat_ttft_seconds",
-    "rate": "ragserve_chat_stream_rate",
     "total": "ragserve_chat_total_seconds",
 }
+GATEWAY_PACE_COUNTERS = {"chunks": "ragserve_chat_stream_chunks_total", "stream_s": "ragserve_chat_stream_seconds_total"}
 
 
 def gateway_counts(metrics_text: str) -> SlotCounts:
@@ -324,8 +329,9 @@ def gateway_counts(metrics_text: str) -> SlotCounts:
         for name, metric in GATEWAY_HISTOGRAMS.items():
             if s.name == metric + "_bucket":
                 getattr(c, name)[float(labels["le"])] = s.value
-        if s.name == GATEWAY_HISTOGRAMS["rate"] + "_sum":
-            c.rate_sum = s.value
+        for name, metric in GATEWAY_PACE_COUNTERS.items():
+            if s.name == metric:
+                setattr(c, name, s.value)
         if labels.get("service_name") != "ragserve-gateway" or not labels.get("endpoint", "").startswith("/v1/chat"):
             continue
         failed = labels.get("http_response_code", "").startswith("5")
@@ -351,9 +357,9 @@ def step_verdict(
 ) -> Verdict:
     """The candidate's error rate, and its latency against the live slot's in the same window:
     where what users feel is measured (the router per slot, a KServe revision's gateways), the P99
-    time to first text of streams, the P99 total time of plain answers and the mean pace of
-    streams (chunks with text per second; replays from the answer cache have none), over the
-    answers that have ended; elsewhere the P99 time to response headers."""
+    time to first text of streams, the P99 total time of plain answers and the pace of streams
+    (chunks with text per second over all of them; replays from the answer cache have none), over
+    the answers that have ended; elsewhere the P99 time to response headers."""
     error_rate = candidate.errors / candidate.attempts if candidate.attempts else 0.0
     figures: dict = {
         "percent": percent,
@@ -368,14 +374,14 @@ def step_verdict(
         c, lv = candidate.quantile(0.99, histogram), live.quantile(0.99, histogram)
         if c is not None and lv is not None:
             pairs[name] = (c, lv)
-    if candidate.mean_rate is not None and live.mean_rate is not None:
-        pairs["stream_rate_mean"] = (candidate.mean_rate, live.mean_rate)
+    if candidate.pace is not None and live.pace is not None:
+        pairs["stream_pace"] = (candidate.pace, live.pace)
     if not {"ttft_p99", "total_p99"} & set(pairs):
         c, lv = candidate.quantile(0.99), live.quantile(0.99)
         if c is not None and lv is not None:
             pairs["p99"] = (c, lv)
     for name, (c, lv) in pairs.items():
-        unit, scale = ("", 1) if name == "stream_rate_mean" else ("_ms", 1000)
+        unit, scale = ("", 1) if name == "stream_pace" else ("_ms", 1000)
         figures[f"candidate_{name}{unit}"], figures[f"live_{name}{unit}"] = round(c * scale, 1), round(lv * scale, 1)
     gate = f"step {percent}%"
     if candidate.answered < min_requests:
@@ -389,9 +395,9 @@ def step_verdict(
     if error_rate > max_error_rate:
         return Verdict(gate, False, figures, f"error rate {error_rate:.1%} > {max_error_rate:.1%}")
     for name, (c, lv) in pairs.items():
-        if name == "stream_rate_mean":
+        if name == "stream_pace":
             if c < min_rate_ratio * lv:
-                return Verdict(gate, False, figures, f"streams run at {c:.1f} chunks/s on average < {min_rate_ratio}x live's {lv:.1f}")
+                return Verdict(gate, False, figures, f"streams run at {c:.1f} chunks/s < {min_rate_ratio}x live's {lv:.1f}")
         elif c > max_latency_ratio * lv:
             what = {"ttft_p99": "time to first text P99", "total_p99": "total time P99", "p99": "time to response headers P99"}[name]
             return Verdict(gate, False, figures, f"{what} {c * 1000:.1f} ms > {max_latency_ratio}x live's {lv * 1000:.1f} ms")

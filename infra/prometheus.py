@@ -14,7 +14,7 @@ import time
 
 import httpx
 
-from .gates import GATEWAY_HISTOGRAMS, SlotCounts
+from .gates import GATEWAY_HISTOGRAMS, GATEWAY_PACE_COUNTERS, SlotCounts
 
 # Prometheus's kubernetes-pods job maps pod labels to metric labels ("labelmap"), so Knative's
 # serving.knative.dev/revision arrives as this one.
@@ -65,7 +65,7 @@ class Prometheus:
         for field, (metric, extra) in HISTOGRAMS.items():
             for row in self.query(f"sum by (le) (increase({metric}_bucket{self.selector(revision, extra)}{window}))", now):
                 getattr(c, field)[float(row["metric"]["le"])] = float(row["value"][1])
-        pace = GATEWAY_HISTOGRAMS["rate"]
-        for row in self.query(f"sum(increase({pace}_sum{self.selector(revision)}{window}))", now):
-            c.rate_sum = float(row["value"][1])
+        for field, metric in GATEWAY_PACE_COUNTERS.items():
+            for row in self.query(f"sum(increase({metric}{self.selector(revision)}{window}))", now):
+                setattr(c, field, float(row["value"][1]))
         return c

@@ -81,6 +81,18 @@ class RouterMetrics:
             buckets=RATE_BUCKETS,
             registry=self.registry,
         )
+        self.stream_chunks = Counter(
+            "ragserve_router_stream_chunks",
+            "Streamed answers: chunks with text after the first, summed over streams (not cache replays), per slot.",
+            ["upstream"],
+            registry=self.registry,
+        )
+        self.stream_seconds = Counter(
+            "ragserve_router_stream_seconds",
+            "Streamed answers: seconds from the first chunk with text to the end, summed over the same streams, per slot.",
+            ["upstream"],
+            registry=self.registry,
+        )
         self.total = Histogram(
             "ragserve_router_total_seconds",
             "Answers not streamed: time to the end of the body, per slot.",
@@ -96,6 +108,8 @@ class RouterMetrics:
             self.latency.labels(slot)
             self.ttft.labels(slot)
             self.stream_rate.labels(slot)
+            self.stream_chunks.labels(slot)
+            self.stream_seconds.labels(slot)
             self.total.labels(slot)
 
     async def observed(self, body: AsyncIterator[bytes], slot: str, timing: Timing) -> AsyncIterator[bytes]:
@@ -105,7 +119,8 @@ class RouterMetrics:
             timing.feed(chunk)
             yield chunk
         timing.done()
-        timing.record(self.ttft.labels(slot), self.stream_rate.labels(slot), self.total.labels(slot))
+        series = (self.ttft, self.stream_rate, self.total, self.stream_chunks, self.stream_seconds)
+        timing.record(*(metric.labels(slot) for metric in series))
 
 
 def create_router_app(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -204,6 +205,21 @@ def test_histogram_quantile_and_step_verdict():
     assert "only 0 requests reached the candidate and were answered" in step_verdict(10, streaming, live, 0.01, 2.0, 1).reason
 
 
+def test_step_pace_is_over_all_streams_so_one_burst_does_not_decide():
+    """Ten streams of 7 chunks per slot. Live's one burst (its text at once, after a hold) would
+    lift a mean of paces to 3x; over chunks and seconds it lifts live's pace by a tenth."""
+    inf = float("inf")
+
+    def streams(*seconds: float) -> SlotCounts:
+        return SlotCounts(ok=len(seconds), ttft={1.0: len(seconds), inf: len(seconds)}, chunks=7 * len(seconds), stream_s=sum(seconds))
+
+    live = streams(*[0.5] * 9, 0.02)  # 14 chunks/s, and one burst at 350
+    assert statistics.mean([14] * 9 + [350]) > 3 * 14 and live.pace < 1.15 * 14
+    assert step_verdict(50, streams(*[7 / 12] * 10), live, 0.01, 2.0, 10).passed  # 12 chunks/s
+    slower = step_verdict(50, streams(*[7 / 6] * 10), live, 0.01, 2.0, 10)  # 6 chunks/s
+    assert not slower.passed and "streams run at 6.0 chunks/s" in slower.reason, slower
+
+
 def paced_upstream(first_s: float, gap_s: float, n: int = 8, guarded: bool = True, replayed: bool = False):
     """A stand-in gateway whose answers start after ``first_s`` and then come a piece every
     ``gap_s``: streamed (headers at once, as a real stream's) or whole. ``guarded``: a message
@@ -278,8 +294,8 @@ def test_a_live_slot_answering_from_its_cache_sets_no_pace_for_the_candidate():
         counts, verdict = step_through_router(unmarked, generating, stream=True)
         assert not verdict.passed and "chunks/s" in verdict.reason, verdict  # what the mark prevents
         counts, verdict = step_through_router(replaying, generating, stream=True)
-        assert verdict.passed and "live_stream_rate_mean" not in verdict.figures, verdict
-        assert counts["blue"].ttft[float("inf")] == 8 and counts["blue"].mean_rate is None
+        assert verdict.passed and "live_stream_pace" not in verdict.figures, verdict
+        assert counts["blue"].ttft[float("inf")] == 8 and counts["blue"].pace is None
 
 
 def test_policy_and_eval_set_refuse_bad_input(tmp_path):

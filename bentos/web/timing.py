@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Mapping
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bentos.web.metrics import SERVICE_METRICS
@@ -57,25 +57,34 @@ class Timing:
         return None if self.first is None else self.first - self.started
 
     @property
-    def rate(self) -> float | None:
-        """Chunks with text per second after the first (about tokens/s); none for a replayed answer."""
+    def paced(self) -> tuple[int, float] | None:
+        """The chunks with text after the first and the seconds they took; none for a replayed answer."""
         if self.replayed or self.first is None or not self.pieces or self.ended is None or self.ended <= self.first:
             return None
-        return self.pieces / (self.ended - self.first)
+        return self.pieces, self.ended - self.first
+
+    @property
+    def rate(self) -> float | None:
+        """Chunks with text per second after the first (about tokens/s)."""
+        return None if (paced := self.paced) is None else paced[0] / paced[1]
 
     @property
     def total_s(self) -> float | None:
         return None if self.ended is None else self.ended - self.started
 
-    def record(self, ttft, rate, total) -> None:
-        """Into the histograms of what users feel: a stream's first text and pace, or a plain answer's end."""
+    def record(self, ttft, rate, total, chunks, seconds) -> None:
+        """Into the series of what users feel: a stream's first text and pace (a histogram of each
+        stream's, and the counters of chunks and seconds whose ratio is the pace over many streams),
+        or a plain answer's end."""
         if not self.stream:
             total.observe(self.total_s)
             return
         if self.ttft_s is not None:
             ttft.observe(self.ttft_s)
-        if self.rate is not None:
-            rate.observe(self.rate)
+        if (paced := self.paced) is not None:
+            rate.observe(paced[0] / paced[1])
+            chunks.inc(paced[0])
+            seconds.inc(paced[1])
 
 
 CHAT_TTFT = Histogram(
@@ -88,6 +97,16 @@ CHAT_STREAM_RATE = Histogram(
     "ragserve_chat_stream_rate",
     "Streamed chat answers: chunks with text per second after the first (about tokens/s).",
     buckets=RATE_BUCKETS,
+    registry=SERVICE_METRICS,
+)
+CHAT_STREAM_CHUNKS = Counter(
+    "ragserve_chat_stream_chunks",
+    "Streamed chat answers: chunks with text after the first, summed over streams (not replays from the answer cache).",
+    registry=SERVICE_METRICS,
+)
+CHAT_STREAM_SECONDS = Counter(
+    "ragserve_chat_stream_seconds",
+    "Streamed chat answers: seconds from the first chunk with text to the end, summed over the same streams.",
     registry=SERVICE_METRICS,
 )
 # Where a chat request's time goes before its first text leaves (or its answer, not streamed), one
@@ -134,4 +153,4 @@ class FeltLatency:
 
         await self.app(scope, receive, send_timed)
         if status < 400 and timing.finished:
-            timing.record(CHAT_TTFT, CHAT_STREAM_RATE, CHAT_TOTAL)
+            timing.record(CHAT_TTFT, CHAT_STREAM_RATE, CHAT_TOTAL, CHAT_STREAM_CHUNKS, CHAT_STREAM_SECONDS)
