@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     guard_stream_every_tokens: int = Field(
         32, ge=1, description="A streamed answer is moderated at each sentence's end, or after this many pieces without one."
     )
+    guard_report_only: str = Field(
+        "",
+        description="Rails that run report-only, comma-separated (rules, classifier, guard_model, self_check, chunks): each logs "
+        "and counts what it would have blocked (ragserve_guardrail_would_block_total) and lets it through. Added to "
+        "custom_data.report_only in the guardrails config.",
+    )
     pii_min_score: float = Field(
         0.4,
         ge=0,
@@ -223,6 +229,13 @@ class Settings(BaseSettings):
         from bentos.retrieval.storage import Location
 
         return Location.of(v).uri  # refuses schemes LanceDB cannot open, naming those it can
+
+    @field_validator("guard_report_only")
+    @classmethod
+    def _known_rails(cls, v: str) -> str:
+        from bentos.guard.modes import parse_rails
+
+        return ",".join(parse_rails(v, "RAGSERVE_GUARD_REPORT_ONLY"))
 
     @field_validator("api_key")
     @classmethod

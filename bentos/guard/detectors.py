@@ -13,6 +13,7 @@ from bentos.guard import pii, rules
 from bentos.guard.classifier import PromptClassifier
 from bentos.guard.guard_model import GuardModel
 from bentos.guard.metrics import GUARD_METRICS
+from bentos.guard.modes import Modes
 
 log = logging.getLogger("bentos.guard")
 
@@ -49,8 +50,10 @@ class Detectors:
         custom: dict[str, Any],
         ask_model: Callable[[str], Awaitable[str]] | None = None,
         guard_model: GuardModel | None = None,
+        modes: Modes | None = None,
     ):
         self.classifier = classifier
+        self.modes = modes or Modes()
         self.guard_model = guard_model
         self.thresholds = dict(custom.get("thresholds") or {})
         self.chunk_threshold = float(custom.get("chunk_attack_threshold", 0.9))
@@ -64,7 +67,8 @@ class Detectors:
         return masked
 
     def screen_prompt(self, text: str, vector: Handle) -> str | None:
-        return rules.verdict(text) or self.classifier_verdict(text, vector.value)
+        enforce = self.modes.enforce
+        return enforce("rules", rules.verdict(text), text) or enforce("classifier", self.classifier_verdict(text, vector.value), text)
 
     def classifier_verdict(self, text: str, vector: np.ndarray) -> str | None:
         if len(text.split()) < self.classifier.meta.get("min_words", 1):  # chosen on validation (training.py)
@@ -78,7 +82,7 @@ class Detectors:
         out = {"rules": rules.verdict(text), "classifier": self.classifier_verdict(text, vector)}
         if self.guard_model is not None:
             try:
-                out["guard_model"] = await self.guard_model_check("input", text)
+                out["guard_model"] = await self.guard_model_verdict("input", text)
             except Exception as e:  # counted as the rail counts it: refused (fail closed)
                 log.warning("guard model failed", extra={"fields": {"error": f"{type(e).__name__}: {e}"}})
                 out["guard_model"] = "guard_model_error"
@@ -91,7 +95,8 @@ class Detectors:
         if not texts:
             return []
         attack = self.classifier.probabilities(np.stack(vectors))[:, 1]
-        kept = [i for i, t in enumerate(texts) if attack[i] < self.chunk_threshold and not rules.injection_match(t)]
+        flagged = [attack[i] >= self.chunk_threshold or rules.injection_match(t) is not None for i, t in enumerate(texts)]
+        kept = [i for i, (t, f) in enumerate(zip(texts, flagged)) if not f or not self.modes.enforce("chunks", "prompt_injection", t)]
         if len(kept) < len(texts):
             GUARD_METRICS.chunks_dropped.inc(len(texts) - len(kept))
         return kept
@@ -112,11 +117,14 @@ class Detectors:
         if self.ask_model is None:
             raise RuntimeError("self-check rails are on but no model is connected to ask")
         answer = await self.ask_model(SELF_CHECK_PROMPTS[stage].format(text=text))
-        return f"self_check_{stage}" if answer.strip().lower().startswith("yes") else None
+        return self.modes.enforce("self_check", f"self_check_{stage}" if answer.strip().lower().startswith("yes") else None, text)
 
     async def guard_model_check(self, stage: str, user: str, answer: str | None = None) -> str | None:
         """``guard_model:<categories>`` when the guard model finds the turn unsafe (the gateway
         splits it into the rail and its categories), None when safe; raises when it cannot tell."""
+        return self.modes.enforce("guard_model", await self.guard_model_verdict(stage, user, answer), answer or user)
+
+    async def guard_model_verdict(self, stage: str, user: str, answer: str | None = None) -> str | None:
         if self.guard_model is None:
             raise RuntimeError("the guard-model rail is on but no guard model is connected")
         verdict = await self.guard_model.verdict(stage, user, answer)

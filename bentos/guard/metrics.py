@@ -16,6 +16,12 @@ class GuardMetrics:
             ["rail", "category"],
             registry=r,
         )
+        self.would_block = Counter(
+            "ragserve_guardrail_would_block",
+            "What rails in report-only mode would have refused (or dropped, for chunks) and let through, by rail and verdict.",
+            ["rail", "category"],
+            registry=r,
+        )
         self.masked = Counter(
             "ragserve_guardrail_pii_masked", "Personal data items masked, by stage and kind.", ["stage", "kind"], registry=r
         )

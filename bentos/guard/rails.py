@@ -20,6 +20,7 @@ from bentos.guard.classifier import PromptClassifier
 from bentos.guard.detectors import Detectors, Handle
 from bentos.guard.guard_model import GuardModel
 from bentos.guard.metrics import GUARD_METRICS
+from bentos.guard.modes import Modes, parse_rails
 from bentos.guard.pii import StreamMasker
 from bentos.settings import Settings
 
@@ -61,7 +62,10 @@ class Guard:
         self.self_check = settings.guard_self_check
         if self.self_check and ask_model is None:
             raise ValueError("RAGSERVE_GUARD_SELF_CHECK=true needs a model to ask")
-        self.detectors = Detectors(PromptClassifier.load(settings.classifier_path), custom, ask_model, guard_model)
+        # report-only rails: the config's list and RAGSERVE_GUARD_REPORT_ONLY's, together
+        report_only = parse_rails(custom.get("report_only"), f"{settings.guardrails_config}/config.yml custom_data.report_only")
+        modes = Modes([*report_only, *parse_rails(settings.guard_report_only, "RAGSERVE_GUARD_REPORT_ONLY")])
+        self.detectors = Detectors(PromptClassifier.load(settings.classifier_path), custom, ask_model, guard_model, modes)
         self.detectors.mask("warm-up", "startup")  # builds Presidio's analyzer now, not on the first request
         self.rails = LLMRails(config)
         self.rails.register_action_param("detectors", self.detectors)
