@@ -156,3 +156,21 @@ def test_personal_data_the_model_streams_in_pieces_never_leaves_unmasked(stack, 
     assert "<EMAIL>" in text or "<PHONE>" in text, text  # the model did write one out ...
     for secret in (email, phone, "priya.raman", "555 0134", "0134"):
         assert secret not in text, text  # ... and no piece of either left unmasked
+
+
+def test_timestamps_and_isbns_reach_the_model_but_a_phone_with_its_extension_does_not(stack):
+    """What the issue reported: the timestamp and the ISBN must arrive intact, the phone number and
+    its extension only as a placeholder."""
+    rid = "pii-shapes-" + str(time.time_ns())
+    timestamp, isbn, phone = "2025-01-07 01:35:00", "ISBN 978-0-306-40615-7", "(426) 829-3075 x936"
+    question = f"At {timestamp} UTC I ordered {isbn}; it never came. Call me on {phone} about it."
+    r = stack.openai().chat.completions.create(
+        model="x", messages=[{"role": "user", "content": question}], max_tokens=16, extra_headers={"X-Request-ID": rid}
+    )
+    assert r.choices[0].finish_reason != "content_filter", r
+    prompts = [line for line in log_lines(stack.log_path, '"msg": "prompt"') if "978-0-306-40615-7" in str(line["messages"])]
+    assert prompts, "the model service logged no prompt with the ISBN"
+    received = str(prompts[-1]["messages"])
+    assert timestamp in received and isbn in received and "Call me on <PHONE> about it." in received, received
+    for secret in ("829-3075", "x936", "(426)"):
+        assert secret not in received and secret not in stack.log_path.read_text(), secret

@@ -1,11 +1,11 @@
 """Personal data found by Presidio and replaced by typed placeholders.
 
 Presidio's recognizers decide for the kinds it has: emails, payment cards (Luhn), IBANs (mod-97),
-IP addresses, phone numbers (``phonenumbers``), US SSNs, passports and driving licences, each
-scored higher when its context words are near. Ours (``pii_recognizers``) add names, street
-addresses and dates of birth. A finding is masked when its score reaches RAGSERVE_PII_MIN_SCORE,
-chosen on a validation split (`ragserve eval pii`): checksums and context words keep order
-numbers, dates and versions out.
+IP addresses, US SSNs, passports and driving licences, each scored higher when its context words
+are near. Ours (``pii_recognizers``) add phone numbers by shape, names, street addresses and dates
+of birth. A finding is masked when its score reaches RAGSERVE_PII_MIN_SCORE, chosen on a validation
+split (`ragserve eval pii`); a number-shaped finding inside a timestamp, date, ISBN, id, version,
+port, price or URL (``never_mask``) is dropped whatever its score.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def analyzer(spacy_model: str | None = None):
         UsPassportRecognizer,
     )
 
-    from bentos.guard.pii_recognizers import SsnRecognizer, TokenNlpEngine, WindowedPhoneRecognizer, name_lexicon, ragserve_recognizers
+    from bentos.guard.pii_recognizers import PhoneShapeRecognizer, SsnRecognizer, TokenNlpEngine, name_lexicon, ragserve_recognizers
 
     # Presidio's email check asks tldextract, which would fetch the public suffix list over the
     # network first; the snapshot in its package is used instead.
@@ -58,11 +58,11 @@ def analyzer(spacy_model: str | None = None):
     registry = RecognizerRegistry(supported_languages=["en"])
     for recognizer in (
         EmailRecognizer(),
-        # Any 13 to 19 digits, not only the issuers Presidio lists: its Luhn check still decides.
-        CreditCardRecognizer(patterns=[Pattern("card number", r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])", 0.3)]),
+        # Any 13 to 19 digits, not only the issuers Presidio lists: its Luhn check still decides. Not after a "+": a phone.
+        CreditCardRecognizer(patterns=[Pattern("card number", r"(?<![\d+-])\d(?:[ -]?\d){12,18}(?![\d-])", 0.3)]),
         IbanRecognizer(),
         IpRecognizer(),
-        WindowedPhoneRecognizer(supported_regions=("US", "GB")),
+        PhoneShapeRecognizer(),
         SsnRecognizer(),
         UsPassportRecognizer(),
         UsLicenseRecognizer(),
@@ -90,11 +90,20 @@ class Finding:
     score: float = 1.0
 
 
+# The kinds an ordinary number can look like; names, addresses, emails, IP addresses and dates of
+# birth have their own evidence (a date of birth is a date, and is masked).
+NUMBER_KINDS = {"PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "US_PASSPORT", "US_DRIVER_LICENSE", "IBAN_CODE"}
+
+
 def analyze(text: str) -> list:
-    """Presidio's findings in ``text``, of every score."""
+    """Presidio's findings in ``text``, of every score, but for numbers that are never personal data."""
     if not text.strip():
         return []
-    return analyzer(get_settings().pii_spacy_model).analyze(text, language="en", entities=list(KINDS))
+    from bentos.guard.pii_recognizers import never_mask
+
+    results = analyzer(get_settings().pii_spacy_model).analyze(text, language="en", entities=list(KINDS))
+    kept = never_mask(text)
+    return [r for r in results if r.entity_type not in NUMBER_KINDS or not any(r.start < e and s < r.end for s, e in kept)]
 
 
 def resolve(results: list, threshold: float | None = None) -> list[Finding]:
@@ -132,8 +141,11 @@ def mask(text: str) -> tuple[str, Counter]:
 
 # A word may be part of something to mask while text can still follow it: the word still being
 # written, and a run of words before it that a finding may continue: words with digits (the groups
-# of a phone, card or IBAN) and capitalised words (a name's surname, an address's street and city).
-_GROWING = re.compile(r"(?:\+|\(|[A-Z]|[\w.%+()/:@-]*\d)[\w.%+()/:@'’-]*[.,;:]?")
+# of a phone, card or IBAN), capitalised words (a name's surname, an address's street and city) and
+# a phone's extension ("x936", "ext. 12", "extension 4", "#123"), down to its first letters.
+_EXTENSION = r"(?i:e(?:x(?:t(?:n|e(?:n(?:s(?:i(?:o(?:n)?)?)?)?)?)?)?)?\.?|x|#)"
+_GROWING = re.compile(rf"{_EXTENSION}|(?:\+|\(|#|[A-Z]|[\w.%+()/:@#-]*\d)[\w.%+()/:@#'’-]*[.,;:]?")
+_EXTENSION_WORD = re.compile(_EXTENSION)
 # A word that ends a sentence ("France."; not "Dr." or "J."): no finding runs on past it.
 _SENTENCE_END = re.compile(r"[^\W\d_]{3,}[.!?]$")
 # Released text kept as the context of what follows: "born on" and "SSN:" decide what the next
@@ -150,7 +162,7 @@ def open_tail(text: str) -> int:
         if not _GROWING.fullmatch(words[-1].group()):
             return cut
         i -= 1
-    while i >= 0 and _GROWING.fullmatch(words[i].group()) and not _SENTENCE_END.search(words[i].group()):
+    while i >= 0 and _GROWING.fullmatch(w := words[i].group()) and (_EXTENSION_WORD.fullmatch(w) or not _SENTENCE_END.search(w)):
         cut, i = words[i].start(), i - 1
     return cut
 

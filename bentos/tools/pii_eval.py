@@ -1,15 +1,21 @@
-"""`ragserve eval pii`: how much personal data the masking catches, and how many ordinary numbers
-it alters, on data it was not written against.
+"""`ragserve eval pii`: how much personal data the masking catches, and how much ordinary text it
+alters, on data it was not written against.
 
-Sentences with personal data: the templates that ship with Microsoft's presidio-evaluator
+Two sources. Our own labelled set (guardrails/eval/pii_set.jsonl): support messages, signatures,
+CRM notes and log lines with phone numbers in many national and international formats (with and
+without extensions), names, street addresses and emails, each span labelled; and ordinary text
+that must stay intact: log lines with timestamps, tickets, orders and invoices, release notes with
+versions, ports and URLs, citations with ISBNs, place names, schedules, prices. Any change to an
+ordinary row counts as altered. And the templates that ship with Microsoft's presidio-evaluator
 (installed, never imported: only its raw data is read), filled with the people of its
-FakeNameGenerator table (names from 24 national name sets, their street addresses, phone numbers,
-birthdays and US SSNs) and with Faker's cards, IBANs, IP addresses and passport numbers. Ordinary
-sentences with numbers: the SQuAD paragraphs in ../shared/eval, split into sentences.
+FakeNameGenerator table and Faker's cards, IBANs, IP addresses and passport numbers, beside the
+SQuAD sentences with digits in ../shared/eval, of which only a changed number counts (SQuAD names
+real people).
 
-Every source is split in two by a hash: the score threshold is chosen on the validation half
-(the lowest whose false positives stay within the budget), the figures are reported on the test
-half, which the choice never saw.
+Every source is split in two by a hash (of the template, for the filled ones): the score threshold
+is chosen on the validation half (the most masked while the ordinary text altered stays within
+the budget), the figures are reported on the test half, which the choice never saw, and the gate
+checks them.
 """
 
 from __future__ import annotations
@@ -184,8 +190,28 @@ def number_sentences(squad: Path) -> list[tuple[str, str]]:
     return [(s, _split(s)) for s in sentences]
 
 
-def _digit_spans_altered(text: str, findings: list[pii.Finding]) -> bool:
-    return any(re.search(r"\d", text[f.start : f.end]) for f in findings)
+OWN_SET = Path(__file__).resolve().parents[2] / "guardrails" / "eval" / "pii_set.jsonl"
+
+
+@dataclass
+class Ordinary:
+    text: str
+    split: str
+    whole: bool  # any change counts as altered; else only a changed number (the sentence may name real people)
+
+
+def own_set(path: Path = OWN_SET) -> tuple[list[Sample], list[Ordinary]]:
+    """Our labelled rows: those with spans hold personal data, the others must stay as they are."""
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise PiiEvalError(f"{path}: {e}") from None
+    samples = [Sample(r["text"], [tuple(s) for s in r["spans"]], _split(r["group"])) for r in rows if r["spans"]]
+    return samples, [Ordinary(r["text"], _split(r["group"]), True) for r in rows if not r["spans"]]
+
+
+def _altered(o: Ordinary, findings: list[pii.Finding]) -> bool:
+    return bool(findings) if o.whole else any(re.search(r"\d", o.text[f.start : f.end]) for f in findings)
 
 
 # Presidio runs once per text; each threshold only filters its findings.
@@ -196,43 +222,72 @@ def _find(text: str, threshold: float) -> list[pii.Finding]:
     return pii.resolve(_analyzed(text), threshold)
 
 
-def score(samples: list[Sample], sentences: list[str], threshold: float) -> dict:
-    """Share of personal data masked (a span counts when a finding covers most of it), by kind,
-    and the share of ordinary sentences whose numbers were altered."""
+def _share(flags: list) -> float | None:
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
+def score(samples: list[Sample], ordinary: list[Ordinary], threshold: float) -> dict:
+    """Share of personal data masked (a span counts when findings cover most of it), by kind; share
+    of sentences with personal data where something else was masked too; share of ordinary
+    sentences altered."""
     caught: dict[str, list[int]] = {}
+    beside = []
     for s in samples:
         findings = _find(s.text, threshold)
         for kind, start, end in s.spans:
             covered = sum(max(0, min(end, f.end) - max(start, f.start)) for f in findings)
             caught.setdefault(kind, []).append(int(covered >= 0.8 * (end - start)))
-    altered = [_digit_spans_altered(t, _find(t, threshold)) for t in sentences]
+        beside.append(any(all(f.end <= start or end <= f.start for _, start, end in s.spans) for f in findings))
     total = [x for v in caught.values() for x in v]
     return {
         "threshold": threshold,
         "values": len(total),
         "sentences": len(samples),
-        "masked": round(sum(total) / len(total), 4) if total else None,
-        "masked_by_kind": {k: round(sum(v) / len(v), 4) for k, v in sorted(caught.items())},
+        "masked": _share(total),
+        "masked_by_kind": {k: _share(v) for k, v in sorted(caught.items())},
         "values_by_kind": {k: len(v) for k, v in sorted(caught.items())},
-        "number_sentences": len(sentences),
-        "number_sentences_altered": round(sum(altered) / len(altered), 4) if altered else None,
+        "masked_beside": _share(beside),
+        "ordinary": len(ordinary),
+        "ordinary_altered": _share([_altered(o, _find(o.text, threshold)) for o in ordinary]),
     }
 
 
+def gate(test: dict[str, dict], max_altered: float = 0.02, min_phone: float = 0.95) -> list[str]:
+    """What fails on the test split, per source: ordinary text altered over the budget, or phone
+    numbers (the costliest miss in a privacy filter, and the kind most written) masked too rarely."""
+    failures = []
+    for source, r in test.items():
+        if r["ordinary_altered"] is not None and r["ordinary_altered"] > max_altered:
+            failures.append(f"{source}: {r['ordinary_altered']:.1%} of ordinary sentences altered (at most {max_altered:.0%})")
+        if r["masked_by_kind"].get("PHONE", 1.0) < min_phone:
+            failures.append(f"{source}: {r['masked_by_kind']['PHONE']:.1%} of phone numbers masked (at least {min_phone:.0%})")
+    return failures
+
+
+def sources(squad: Path) -> dict[str, tuple[list[Sample], list[Ordinary]]]:
+    return {
+        "own": own_set(),
+        "evaluator": (personal_samples(), [Ordinary(t, split, False) for t, split in number_sentences(squad)]),
+    }
+
+
+def _half(data: tuple[list[Sample], list[Ordinary]], split: str) -> tuple[list[Sample], list[Ordinary]]:
+    return [s for s in data[0] if s.split == split], [o for o in data[1] if o.split == split]
+
+
 def eval_pii(squad: Path, max_altered: float = 0.02) -> dict:
-    samples = personal_samples()
-    numbers = number_sentences(squad)
-    val = [s for s in samples if s.split == "validation"]
-    test = [s for s in samples if s.split == "test"]
-    val_numbers = [t for t, split in numbers if split == "validation"]
-    test_numbers = [t for t, split in numbers if split == "test"]
-    tried = [score(val, val_numbers, t) for t in THRESHOLDS]
-    within = [r for r in tried if r["number_sentences_altered"] <= max_altered]
+    data = sources(squad)
+    val_samples = [s for d in data.values() for s in _half(d, "validation")[0]]
+    val_ordinary = [o for d in data.values() for o in _half(d, "validation")[1]]
+    tried = [score(val_samples, val_ordinary, t) for t in THRESHOLDS]
+    within = [r for r in tried if r["ordinary_altered"] <= max_altered]
     # The most masked within the budget; on a tie, the higher threshold (fewer doubtful findings).
-    chosen = max(within, key=lambda r: (r["masked"], -r["number_sentences_altered"], r["threshold"])) if within else tried[-1]
+    chosen = max(within, key=lambda r: (r["masked"], -r["ordinary_altered"], r["threshold"])) if within else tried[-1]
+    test = {name: score(*_half(d, "test"), chosen["threshold"]) for name, d in data.items()}
     return {
         "chosen_on_validation": chosen["threshold"],
         "max_altered": max_altered,
         "validation": tried,
-        "test": score(test, test_numbers, chosen["threshold"]),
+        "test": test,
+        "gate": gate(test, max_altered),
     }
