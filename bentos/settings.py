@@ -185,7 +185,7 @@ class Settings(BaseSettings):
     # --- answer cache (bentos/chat/cache.py) ----------------------------------------------
     cache: bool = Field(False, description="A semantic answer cache in the gateway, after the input rails.")
     cache_min_similarity: float = Field(
-        0.92,
+        0.91,
         ge=0,
         le=1,
         description="Cosine between last user messages at or above which a cached answer is served (`ragserve eval cache`).",

@@ -1,8 +1,8 @@
 """A semantic answer cache: a question that means the same as one already answered gets that
 answer again, in milliseconds, without retrieval or the model.
 
-A hit needs everything that could change the answer to match exactly, and only the wording of
-the last user message to be close (cosine of the vectors retrieval computes anyway, at least
+A hit needs everything that could change the answer to match exactly, and the last user message to
+be close in meaning (cosine of the vectors retrieval computes anyway, at least
 RAGSERVE_CACHE_MIN_SIMILARITY, chosen by `ragserve eval cache`):
 - the tenant (a hash of the API key presented, RAGSERVE_API_KEY taking several; with no key set,
   loopback only, every caller is one tenant), so one tenant's answer never reaches another;
@@ -12,7 +12,10 @@ RAGSERVE_CACHE_MIN_SIMILARITY, chosen by `ragserve eval cache`):
   field that shapes the output (format, tools, stop, n, sampling other than temperature, ...),
   with max_tokens by power-of-two bucket;
 - a deterministic request: temperature 0, or the client opts in with ``"cache": true``
-  (``"cache": false`` never reads nor writes).
+  (``"cache": false`` never reads nor writes);
+- the same question, word for word: the masked last user messages must have the same content
+  words in the same order (bentos/chat/question_match.py), since the cosine alone takes "the
+  first quarter" for "the second".
 
 What is stored is what the user saw: the answer after the output rails (masked), its citations
 and usage. Refusals, cut streams and tool calls are not stored. In memory, per replica, bounded
@@ -35,6 +38,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Histogram
 
 from bentos.chat.completions import completion, completion_chunks
+from bentos.chat.question_match import Question
 from bentos.web.metrics import SERVICE_METRICS
 from bentos.web.relay import SSE_HEADERS
 from bentos.web.timing import REPLAY_HEADER
@@ -86,6 +90,7 @@ def exact_key(req, tenant: str, model: str, index_version: int | None) -> str:
 class Entry:
     key: str
     vector: np.ndarray
+    question: Question  # what a hit must ask, word for word
     content: str
     finish_reason: str
     citations: list[dict]
@@ -102,25 +107,33 @@ class AnswerCache:
         self.min_similarity, self.max_entries, self.max_bytes, self.ttl_s = min_similarity, max_entries, max_bytes, ttl_s
         self.entries: OrderedDict[int, Entry] = OrderedDict()  # least recently used first
         self.by_key: dict[str, list[int]] = {}
+        self._stacked: dict[str, np.ndarray] = {}  # by_key's vectors, in its order
         self.bytes = 0
         self.index_version: int | None = None
         self._next = 0
 
-    def lookup(self, key: str, vector: np.ndarray) -> tuple[Entry, float] | None:
+    def lookup(self, key: str, vector: np.ndarray, question: Question) -> tuple[Entry, float] | None:
+        """The closest entry at or above the threshold that asks the same question."""
         now = time.monotonic()
-        best, best_sim = None, self.min_similarity
-        for i in list(self.by_key.get(key, ())):
-            entry = self.entries[i]
-            if now - entry.created > self.ttl_s:
-                self._drop(i, "ttl")
-                continue
-            sim = float(entry.vector @ vector)
-            if sim >= best_sim:
-                best, best_sim = i, sim
-        if best is None:
+        for i in [i for i in self.by_key.get(key, ()) if now - self.entries[i].created > self.ttl_s]:
+            self._drop(i, "ttl")
+        ids = self.by_key.get(key)
+        if not ids:
             return None
-        self.entries.move_to_end(best)
-        return self.entries[best], best_sim
+        sims = self._matrix(key) @ vector  # one product for every entry under the key
+        above = np.flatnonzero(sims >= self.min_similarity)
+        for j in above[np.argsort(-sims[above])]:  # closest first
+            entry = self.entries[ids[j]]
+            if entry.question.matches(question):
+                self.entries.move_to_end(ids[j])
+                return entry, float(sims[j])
+        return None
+
+    def _matrix(self, key: str) -> np.ndarray:
+        """The key's vectors stacked, rebuilt after a store or a drop under the key."""
+        if key not in self._stacked:
+            self._stacked[key] = np.stack([self.entries[i].vector for i in self.by_key[key]])
+        return self._stacked[key]
 
     def store(self, entry: Entry) -> None:
         if entry.size > self.max_bytes:
@@ -129,6 +142,7 @@ class AnswerCache:
         entry.created = time.monotonic()
         self.entries[i] = entry
         self.by_key.setdefault(entry.key, []).append(i)
+        self._stacked.pop(entry.key, None)
         self.bytes += entry.size
         while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self.entries)), "lru")
@@ -145,9 +159,15 @@ class AnswerCache:
         self.bytes -= entry.size
         ids = self.by_key[entry.key]
         ids.remove(i)
+        self._stacked.pop(entry.key, None)
         if not ids:
             del self.by_key[entry.key]
         EVICTIONS.labels(reason).inc()
+
+
+def question_of(turn) -> Question:
+    """The last user message as the input rails passed it (masked), or as sent without rails."""
+    return Question.of(turn.screened or turn.query, turn.query)
 
 
 def replay(turn, entry: Entry, similarity: float) -> Response:
@@ -187,7 +207,7 @@ class CacheLookup:
         version = await self.version(turn)
         self.cache.follow(version)
         turn.cache_key = exact_key(turn.req, turn.tenant, turn.model, version)
-        hit = self.cache.lookup(turn.cache_key, turn.vector)
+        hit = self.cache.lookup(turn.cache_key, turn.vector, question_of(turn))
         if hit is None:
             MISSES.inc()
             turn.extra["cache"] = {"hit": False}
@@ -208,7 +228,7 @@ class CacheStore:
     def _entry(self, turn, content: str, finish_reason: str, usage: dict | None) -> Entry:
         # keyed by the version the answer was built from (the search's), should it differ from the lookup's
         key = exact_key(turn.req, turn.tenant, turn.model, turn.index_version)
-        return Entry(key, turn.vector, content, finish_reason, turn.citations, usage)
+        return Entry(key, turn.vector, question_of(turn), content, finish_reason, turn.citations, usage)
 
     async def answer(self, turn, body: dict) -> Response | None:
         choices = body.get("choices") or []

