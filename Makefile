@@ -57,7 +57,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 # The input rail's classifier, trained on this machine from packaged data (about 2.5 min on two cores).
-$(CLASSIFIER): $(STAMP) bentos/guard/training.py bentos/guard/contrast.py bentos/guard/classifier.py guardrails/eval/false_positives.jsonl
+$(CLASSIFIER): $(STAMP) bentos/guard/training.py bentos/guard/contrast.py bentos/guard/classifier.py bentos/guard/rules.py guardrails/eval/*.jsonl
 	$(BIN)/ragserve guardrails train
 
 serve: setup $(CLASSIFIER)

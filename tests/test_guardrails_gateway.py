@@ -174,3 +174,17 @@ def test_timestamps_and_isbns_reach_the_model_but_a_phone_with_its_extension_doe
     assert timestamp in received and isbn in received and "Call me on <PHONE> about it." in received, received
     for secret in ("829-3075", "x936", "(426)"):
         assert secret not in received and secret not in stack.log_path.read_text(), secret
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What was the revenue in 2022?",  # finance: a figure with a year
+        "How do I report harassment at work?",  # HR: a complaint procedure
+        "Our laptop was stolen: how do I remotely wipe it and revoke its VPN access?",  # IT: access administration
+    ],
+)
+def test_ordinary_questions_of_three_domains_are_answered_not_refused(stack, question):
+    """Reported refused before issue 29: ordinary knowledge-base questions get an answer."""
+    r = stack.openai().chat.completions.create(model="x", messages=[{"role": "user", "content": question}], max_tokens=8)
+    assert r.choices[0].finish_reason != "content_filter" and "guardrails" not in (r.model_extra or {}), r.model_extra

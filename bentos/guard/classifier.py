@@ -18,11 +18,14 @@ import numpy as np
 LABELS = ("benign", "attack", "harmful")
 FORMAT = 2
 # The candidates training chooses from on the validation split: name -> scikit-learn model.
+# The MLPs' weight decay is strong (alpha 0.1): with 1e-3 they were sure of everything, ordinary
+# questions included ("How do I create a distribution list?" harmful at p > 0.999), so no
+# threshold could keep ordinary traffic within its budget.
 CANDIDATES = {
     "logistic regression": lambda: _sklearn("LogisticRegression", C=4.0, class_weight="balanced", max_iter=5000),
-    "MLP 256": lambda: _sklearn("MLPClassifier", hidden_layer_sizes=(256,), alpha=1e-2, max_iter=400, early_stopping=True, random_state=0),
+    "MLP 256": lambda: _sklearn("MLPClassifier", hidden_layer_sizes=(256,), alpha=0.1, max_iter=400, early_stopping=True, random_state=0),
     "MLP 512-128": lambda: _sklearn(
-        "MLPClassifier", hidden_layer_sizes=(512, 128), alpha=1e-3, max_iter=400, early_stopping=True, random_state=0
+        "MLPClassifier", hidden_layer_sizes=(512, 128), alpha=0.1, max_iter=400, early_stopping=True, random_state=0
     ),
 }
 
@@ -90,14 +93,21 @@ def fit(vectors: np.ndarray, labels: list[str], candidate: str = "logistic regre
     return PromptClassifier(layers, {k: 0.5 for k in LABELS[1:]}, {"model": candidate})
 
 
-def choose_thresholds(clf: PromptClassifier, vectors: np.ndarray, labels: list[str], max_fp: float) -> dict[str, float]:
-    """Per blocking label, the lowest threshold whose share of benign prompts flagged stays under
-    ``max_fp`` (split between the two labels): block as much as the false-positive budget allows."""
+def choose_thresholds(
+    clf: PromptClassifier, vectors: np.ndarray, labels: list[str], budgets: dict[str, float], groups: list[str] | None = None
+) -> dict[str, float]:
+    """Per blocking label, the lowest threshold at which each group of benign prompts stays within
+    its false-positive budget (``budgets[group]``, split between the two labels): block as much as
+    the tightest budget allows. ``groups``: each prompt's group (default: all in "all")."""
     probs = clf.probabilities(vectors)
-    benign = np.array([label == "benign" for label in labels])
+    groups = groups or ["all"] * len(labels)
     out = {}
     for i, name in enumerate(LABELS[1:], 1):
-        scores = np.sort(probs[benign, i])[::-1]
-        allowed = int(np.floor(max_fp / 2 * len(scores)))
-        out[name] = float(min(0.99, max(0.5, scores[allowed] + 1e-6))) if len(scores) > allowed else 0.5
+        limit = 0.5
+        for group, budget in budgets.items():
+            scores = np.sort([p[i] for p, label, g in zip(probs, labels, groups) if label == "benign" and g == group])[::-1]
+            allowed = int(np.floor(budget / 2 * len(scores)))
+            if len(scores) > allowed:
+                limit = max(limit, float(scores[allowed] + 1e-6))
+        out[name] = min(0.999, limit)
     return out

@@ -392,7 +392,7 @@ def guardrails() -> None:
 )
 @click.option(
     "--max-fp-ordinary",
-    default=0.005,
+    default=0.01,
     show_default=True,
     type=click.FloatRange(0, 0.5),
     help="The tighter budget on the validation split of ordinary knowledge-base questions (guardrails/eval/ordinary.jsonl).",
