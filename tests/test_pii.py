@@ -178,17 +178,6 @@ def test_pii_eval_gate_fails_on_an_over_eager_phone_recognizer(monkeypatch):
     assert any(f.startswith("own:") and "altered" in f for f in pii_eval.gate(test)), test
 
 
-def test_streamed_masking_equals_masking_the_whole_text():
-    for seed in range(200):
-        rnd = random.Random(seed)
-        s, out, i = StreamMasker(), "", 0
-        while i < len(TEXT):
-            n = rnd.randint(1, 8)
-            out += s.feed(TEXT[i : i + n])
-            i += n
-        assert out + s.finish() == mask(TEXT)[0], seed
-
-
 def test_streamed_masking_keeps_the_context_that_decides():
     """ "born on" and "SSN" are released before the numbers arrive; they still decide what the numbers are."""
     s = StreamMasker()
@@ -209,16 +198,18 @@ def test_stream_holds_back_only_what_may_still_grow():
 @pytest.mark.parametrize(
     "text",
     [
+        TEXT,
+        # extensions, and numbers that are never masked
         "At 2025-01-07 01:35:00 call (212) 555-0134 x936 or 212-555-0134 ext. 12, then +44 7700 900123 extension 4 now.",
         "Fax 020 7946 0958 #123; ISBN 978-0-306-40615-7, order 5551234567, v1.2.3 on localhost:8080.",
     ],
 )
-def test_streamed_masking_equals_masking_the_whole_text_for_extensions_and_never_masked_numbers(text):
-    for seed in range(100):
+def test_streamed_masking_equals_masking_the_whole_text(text):
+    for seed in range(150):
         rnd = random.Random(seed)
         s, out, i = StreamMasker(), "", 0
         while i < len(text):
-            n = rnd.randint(1, 6)
+            n = rnd.randint(1, 8)
             out += s.feed(text[i : i + n])
             i += n
         assert out + s.finish() == mask(text)[0], seed
