@@ -74,6 +74,8 @@ class Detectors:
         if len(text.split()) < self.classifier.meta.get("min_words", 1):  # chosen on validation (training.py)
             return None
         label, _ = self.classifier.verdict(vector, self.thresholds)
+        if label == "harmful" and not rules.mentions_harm(text):  # a request's shape, with nothing harmful named
+            return None
         return {"attack": "jailbreak", "harmful": "harmful_request"}.get(label)
 
     async def parts(self, text: str, vector: np.ndarray) -> dict[str, str | None]:

@@ -277,6 +277,29 @@ _GAME_AFTER = re.compile(
 )
 
 
+# Words of harm: a weapon, an agent, a drug, malware, violence, a crime, abuse. The classifier's
+# "harmful" alone refuses only a message that holds one: it learnt the shape of a request
+# ("how do I ... at home?") as well as its topic, and refused "How do I bake sourdough bread at home?".
+_HARM_WORDS = re.compile(
+    rf" (?:{_DANGEROUS}|{_PATHOGEN}|{_MALWARE}|{_HURT}|{_MASS}|{_NUDE}|"
+    + _words(
+        "weapon|weapons|gun|guns|firearm|rifle|pistol|ammunition|explosive|explode|detonate|bomb|drug|drugs|cocaine|steal|theft|"
+        "rob|robbery|burglary|fraud|scam|launder|counterfeit|forge|fake|smuggle|traffic|trafficking|hack|hacking|exploit|crack|"
+        "phishing|ddos|password|passwords|credentials|die|death|dead|deadly|lethal|fatal|suicide|self harm|torture|abuse|rape|"
+        "violence|violent|terror|terrorist|terrorism|hostage|ransom|extremist|isis|nazi|genocide|arson|fire|burn|acid|victim|"
+        "victims|illegal|illegally|crime|criminal|evade|evading|undetected|untraceable|caught|police|minor|minors|underage|grooming|"
+        "porn|pornography|nude|naked|sex|sexual|harass|threat|threaten|blackmail|stalk|spy|surveil|overdose|vandalize|destroy|"
+        "sabotage|riot|hate|racist|slur|cheat|bribe|embezzle|tax evasion|evade taxes|poach|cruel|animal cruelty"
+    )
+    + ")"
+)
+
+
+def mentions_harm(text: str) -> bool:
+    """Whether ``text`` names any kind of harm, in any form of the word."""
+    return bool(_HARM_WORDS.search(stems(text)))
+
+
 def harmful_match(text: str) -> str | None:
     """The first phrase (as word stems) that asks for help with serious harm, or None."""
     s = stems(text)
