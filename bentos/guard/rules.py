@@ -277,11 +277,12 @@ _GAME_AFTER = re.compile(
 )
 
 
-# Words of harm: a weapon, an agent, a drug, malware, violence, a crime, abuse. The classifier's
+# Words of harm: a weapon, an agent, a drug, malware, violence, a crime, abuse, or a child (whom
+# grooming requests name without any other such word). The classifier's
 # "harmful" alone refuses only a message that holds one: it learnt the shape of a request
 # ("how do I ... at home?") as well as its topic, and refused "How do I bake sourdough bread at home?".
 _HARM_WORDS = re.compile(
-    rf" (?:{_DANGEROUS}|{_PATHOGEN}|{_MALWARE}|{_HURT}|{_MASS}|{_NUDE}|"
+    rf" (?:{_DANGEROUS}|{_PATHOGEN}|{_MALWARE}|{_HURT}|{_MASS}|{_NUDE}|{_CHILD}|"
     + _words(
         "weapon|weapons|gun|guns|firearm|rifle|pistol|ammunition|explosive|explode|detonate|bomb|drug|drugs|cocaine|steal|theft|"
         "rob|robbery|burglary|fraud|scam|launder|counterfeit|forge|fake|smuggle|traffic|trafficking|hack|hacking|exploit|crack|"
