@@ -64,6 +64,7 @@ def stem(word: str) -> str:
 _TOKEN = re.compile(r"[a-z0-9]+|'s\b|[.?!;:\n]")
 
 
+@functools.lru_cache(maxsize=256)  # the input rail asks twice per message: the rules, then whether it names harm
 def stems(text: str) -> str:
     """``text`` as one line of word stems, a space apart; sentence punctuation stays a token
     (a rule's words must stand in one sentence) and a possessive is its own token ('s)."""
