@@ -31,7 +31,7 @@ export DO_NOT_TRACK := 1
 export BENTOML_DO_NOT_TRACK := True
 export PORT
 
-.PHONY: setup lint serve test bench build lock clean
+.PHONY: setup lint serve test bench build docs lock clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,10 @@ bench: setup $(CLASSIFIER)
 
 build: setup $(CLASSIFIER)
 	$(BIN)/bentoml build .
+
+# docs/configuration.md from the settings' descriptions (a test fails when it is stale).
+docs: setup
+	$(BIN)/ragserve docs settings
 
 # Resolves pyproject.toml's pins again into both lock files; run it after changing a pin. The CPU
 # lock is what a venv built the CPU way holds (its torch is the local CPU wheel, which no index

@@ -58,40 +58,41 @@ def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
 
 settings = service_settings()
 gateway_app = create_gateway_app(settings)
-if settings.guard_in_process:  # a third service only when a guard model is set
+if settings.guard.guard_in_process:  # a third service only when a guard model is set
     from bentos.guard_service import GuardLLM
 
 
-@bentoml.service(name="ragserve-gateway", **service_options(settings))
+@bentoml.service(name="ragserve-gateway", **service_options(settings.web))
 @bentoml.asgi_app(gateway_app, path="/v1")
 class Gateway:
-    llm = bentoml.depends(LLM, url=settings.model_url)  # no URL: `bentoml serve` starts it beside this one
-    if settings.guard_in_process:
+    llm = bentoml.depends(LLM, url=settings.web.model_url)  # no URL: `bentoml serve` starts it beside this one
+    if settings.guard.guard_in_process:
         guard = bentoml.depends(GuardLLM)
 
     def __init__(self) -> None:
-        check_worker_socket(settings)
-        keep_rss_level(settings.heap_trim_s)
-        self.retriever = Retriever(settings)
+        check_worker_socket(settings.web)
+        keep_rss_level(settings.web.heap_trim_s)
+        self.retriever = Retriever(settings.retrieval)
         _ = self.llm  # resolves the dependency: its url is set from here on
-        self.llm_http = dependency_client(type(self).llm.url, settings.request_timeout_s)
-        key = settings.api_key_value
+        self.llm_http = dependency_client(type(self).llm.url, settings.web.request_timeout_s)
+        key = settings.web.api_key_value
         self.relay = Relay(self.llm_http, "the model service", headers={"Authorization": f"Bearer {key}"} if key else None)
         self.guard_model = self.connect_guard_model()
         # Loaded here, not per request: a missing classifier or a bad config stops start-up.
-        guard = Guard(settings, self.ask_model, self.guard_model) if settings.guardrails else None
-        local = settings.direct_streams and on_this_host(type(self).llm.url)
-        self.link = EngineLink(self.relay, settings.request_timeout_s) if local else None
+        guard = Guard(settings.guard, self.ask_model, self.guard_model) if settings.guard.guardrails else None
+        local = settings.web.direct_streams and on_this_host(type(self).llm.url)
+        self.link = EngineLink(self.relay, settings.web.request_timeout_s) if local else None
         wire(gateway_app, settings, self.retriever, self.relay, guard, self.link)
 
     def connect_guard_model(self) -> GuardModel | None:
         """The guard model: the guard service beside this one (it serves the name "guard"), or
         the one at RAGSERVE_GUARD_URL; None when neither is set."""
-        if settings.guard_in_process:
+        key = settings.web.api_key_value
+        if settings.guard.guard_in_process:
             _ = self.guard  # resolves the dependency, as for the model service
-            return guard_model_over(dependency_client(type(self).guard.url, settings.guard_timeout_s), "guard", settings)
-        if settings.guard_url:
-            return guard_model_over(guard_at(settings.guard_url, settings), settings.guard_model, settings)
+            return guard_model_over(dependency_client(type(self).guard.url, settings.guard.guard_timeout_s), "guard", settings.guard, key)
+        if settings.guard.guard_url:
+            return guard_model_over(guard_at(settings.guard.guard_url, settings.guard), settings.guard.guard_model, settings.guard, key)
         return None
 
     async def ask_model(self, prompt: str) -> str:
@@ -99,7 +100,7 @@ class Gateway:
         r = await self.relay.request(
             "POST",
             "/v1/chat/completions",
-            {"model": settings.model_name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 3, "temperature": 0},
+            {"model": settings.engine.model_name, "messages": [{"role": "user", "content": prompt}], "max_tokens": 3, "temperature": 0},
         )
         r.raise_for_status()
         return r.json()["choices"][0]["message"]["content"] or ""
@@ -112,7 +113,7 @@ class Gateway:
         """One log line the moment the stack can answer: its URL and how long it took since
         `bentoml serve` started, for whoever started it. Probed through this service's own
         listening socket, so the line means a client's first request works."""
-        host, port = listening_address() or (settings.host, settings.port)
+        host, port = listening_address() or (settings.web.host, settings.web.port)
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         probe = f"http://127.0.0.1:{port}/readyz" if host in ("0.0.0.0", "::") else f"{url}/readyz"
         started = psutil.Process(os.getppid()).create_time()  # the `bentoml serve` process
@@ -128,7 +129,7 @@ class Gateway:
         log.info(f"{READY_MESSAGE}: {url}/v1 answers ({seconds} s after start)", extra={"fields": {"url": f"{url}/v1", "seconds": seconds}})
 
     def engine_services(self) -> list[httpx.AsyncClient]:
-        return [self.llm_http] + ([self.guard_model.http] if settings.guard_in_process else [])
+        return [self.llm_http] + ([self.guard_model.http] if settings.guard.guard_in_process else [])
 
     async def __is_ready__(self) -> bool:
         """Ready when the model service is (its /readyz says the engine has generated a token),

@@ -15,10 +15,10 @@ from bentos.model.service import EngineService
 from bentos.web.service import service_options, service_settings
 
 settings = service_settings().guard_engine_settings()
-guard_app = create_app(settings)
+guard_app = create_app(settings.engine, settings.web)
 
 
-@bentoml.service(name="ragserve-guard", **service_options(settings))
+@bentoml.service(name="ragserve-guard", **service_options(settings.web))
 @bentoml.asgi_app(guard_app, path="/v1")
 class GuardLLM(EngineService):
     def __init__(self) -> None:

@@ -15,10 +15,10 @@ from bentos.model.service import EngineService
 from bentos.web.service import service_options, service_settings
 
 settings = service_settings()
-openai_app = create_app(settings)
+openai_app = create_app(settings.engine, settings.web)
 
 
-@bentoml.service(name="ragserve-llm", **service_options(settings))
+@bentoml.service(name="ragserve-llm", **service_options(settings.web))
 @bentoml.asgi_app(openai_app, path="/v1")
 class LLM(EngineService):
     def __init__(self) -> None:

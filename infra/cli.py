@@ -9,24 +9,33 @@ from pathlib import Path
 
 import click
 
-from bentos.settings import is_loopback
+from bentos.settings import ReleaseSettings, WebSettings, is_loopback
 
 DEFAULT_EVAL = Path(__file__).parent / "eval" / "promotion.jsonl"
 
 
+def release(name: str):
+    """An option's default from the release settings (RAGSERVE_ROUTER_*, RAGSERVE_PROMETHEUS_URL)."""
+    return lambda: getattr(ReleaseSettings(), name)
+
+
 @click.command()
-@click.option("--blue", required=True, envvar="RAGSERVE_ROUTER_BLUE", help="Base URL of the live stack, e.g. http://127.0.0.1:3001.")
-@click.option("--green", envvar="RAGSERVE_ROUTER_GREEN", help="Base URL of the candidate stack (it gets no traffic until promoted).")
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="RAGSERVE_ROUTER_HOST")
-@click.option("--port", default=3000, show_default=True, type=click.IntRange(1, 65535), envvar="RAGSERVE_ROUTER_PORT")
+@click.option("--blue", required=True, default=release("router_blue"), help="Base URL of the live stack, e.g. http://127.0.0.1:3001.")
+@click.option("--green", default=release("router_green"), help="Base URL of the candidate stack (it gets no traffic until promoted).")
+@click.option("--host", default=release("router_host"), show_default="127.0.0.1, RAGSERVE_ROUTER_HOST")
+@click.option("--port", default=release("router_port"), show_default="3000, RAGSERVE_ROUTER_PORT", type=click.IntRange(1, 65535))
 @click.option(
     "--state",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="RAGSERVE_ROUTER_STATE",
+    default=release("router_state"),
     help="File that keeps the routing table across restarts; when it exists it wins over --blue/--green.",
 )
 @click.option(
-    "--timeout", "timeout_s", default=300.0, show_default=True, envvar="RAGSERVE_ROUTER_TIMEOUT_S", help="Seconds an upstream may take."
+    "--timeout",
+    "timeout_s",
+    default=release("router_timeout_s"),
+    show_default="300, RAGSERVE_ROUTER_TIMEOUT_S",
+    help="Seconds an upstream may take.",
 )
 @click.option(
     "--shadow-concurrency", default=4, show_default=True, type=click.IntRange(min=1), help="Copies to a shadow slot in flight at once."
@@ -59,8 +68,6 @@ def router(
     GET /-/shadow?since=N gives the compared pairs. /metrics has per-slot attempts, errors, time to
     first text, pace and latency.
     """
-    import os
-
     import uvicorn
 
     from bentos.web.logs import setup_service_logging
@@ -68,7 +75,7 @@ def router(
     from .router import create_router_app
     from .traffic import MemoryStore, Traffic
 
-    admin_key = os.environ.get("RAGSERVE_ROUTER_ADMIN_KEY") or None
+    admin_key = ReleaseSettings().admin_key
     if admin_key is None and not is_loopback(host):
         raise click.UsageError(f"refusing to expose the routing table on {host!r} without RAGSERVE_ROUTER_ADMIN_KEY")
     try:
@@ -104,7 +111,7 @@ def policy_options(f):
             help="Frozen eval set (JSONL): guardrail cases {prompt, label} and retrieval cases {query, source} "
             "for the index the stacks serve.",
         ),
-        click.option("--api-key", envvar="RAGSERVE_API_KEY", help="The stacks' API key (default RAGSERVE_API_KEY)."),
+        click.option("--api-key", default=lambda: WebSettings().api_key_value, help="The stacks' API key (default RAGSERVE_API_KEY)."),
         click.option("--steps", default="10,50,100", show_default=True, help=fields["steps"].description),
     ]
     for name in (
@@ -199,11 +206,9 @@ def promote() -> None:
 @policy_options
 def promote_local(router_url: str, candidate_url: str | None, rollback: bool, **kw) -> None:
     """Promote the router's candidate slot (the one without traffic) over the live one."""
-    import os
-
     from .backends import local_backend
 
-    backend = local_backend(router_url, os.environ.get("RAGSERVE_ROUTER_ADMIN_KEY"))
+    backend = local_backend(router_url, ReleaseSettings().admin_key)
     if rollback:
         return roll_back_now(backend)
     run_promotion(backend, kw, candidate_url=candidate_url)
@@ -243,7 +248,7 @@ def promote_modal(router_url: str, dict_name: str, live_url: str | None, candida
 @click.option("--rollback", is_flag=True, help="Only patch canaryTrafficPercent to 0 (all traffic to the previous revision), now.")
 @click.option(
     "--prometheus-url",
-    envvar="RAGSERVE_PROMETHEUS_URL",
+    default=release("prometheus_url"),
     help="Prometheus server that scrapes the revisions' pods (see infra/kserve/prometheus/): each step's requests, errors, "
     "time to first text and pace per revision, summed over its pods. Without it they are read from each tag URL's /metrics, "
     "one pod per read: right only while each revision runs on one pod. Keep --step-seconds at two scrape intervals or more.",
@@ -273,13 +278,11 @@ def promote_kserve(
 ) -> None:
     """Promote the latest revision of an InferenceService (applied with the green overlay at
     canaryTrafficPercent 0) by patching canaryTrafficPercent step by step."""
-    import os
-
     from .backends import KServeBackend, default_kubectl, local_backend
     from .prometheus import Prometheus
 
     prometheus = Prometheus(prometheus_url, namespace, revision_label) if prometheus_url else None
-    router = local_backend(router_url, os.environ.get("RAGSERVE_ROUTER_ADMIN_KEY")) if router_url else None
+    router = local_backend(router_url, ReleaseSettings().admin_key) if router_url else None
     echo = functools.partial(click.echo, err=True)
     backend = KServeBackend(name, namespace, kubectl or default_kubectl(), echo=echo, prometheus=prometheus, router=router)
     if dry_run:

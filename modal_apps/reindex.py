@@ -35,7 +35,7 @@ from .resources import (
     volume,
 )
 
-cfg, _ = load_settings()
+cfg, _, deploy_env = load_settings()
 app = modal.App(f"{cfg.app_name}-reindex")
 index_volume = volume(cfg.index_volume)
 docs_volume = volume(cfg.docs_volume)
@@ -47,7 +47,7 @@ REINDEX_OPTIONS = dict(
     schedule=modal.Cron(cfg.reindex_schedule),
     volumes={**index_mounts(cfg, index_volume), DOCS_DIR: docs_volume},
     secrets=index_secrets(cfg),
-    env=index_env(cfg),
+    env=index_env(cfg, deploy_env),
     timeout=cfg.reindex_timeout,
     max_containers=1,  # the single writer: a manual run queues behind a scheduled one
     retries=0,  # a failed run leaves the published index serving; the next tick tries again
@@ -56,7 +56,7 @@ REINDEX_OPTIONS = dict(
 EMBED_OPTIONS = dict(
     image=EMBED_IMAGE,
     gpu=cfg.reindex_gpu,
-    env=index_env(cfg),
+    env=index_env(cfg, deploy_env),
     timeout=cfg.reindex_timeout,
     max_containers=cfg.reindex_shards,
     retries=1,  # a lost shard is embedded again; nothing was written yet
@@ -66,7 +66,7 @@ EMBED_OPTIONS = dict(
 @app.function(**EMBED_OPTIONS)
 def embed_shard(texts: list[str]) -> bytes:
     """One shard of the chunks to embed, as float32 bytes (row-major, the embedder's dimension)."""
-    return embedder_for(Settings()).embed(texts).astype(np.float32).tobytes()
+    return embedder_for(Settings().retrieval).embed(texts).astype(np.float32).tobytes()
 
 
 class ShardedEmbedder:
@@ -96,7 +96,7 @@ def shard_map(shards: list[list[str]]) -> Iterable[bytes]:
 def reindex(source: str = "", rollback: bool = False) -> dict:
     """Re-index SOURCE (default RAGSERVE_MODAL_REINDEX_SOURCE) into RAGSERVE_DB and publish it;
     with ``rollback``, publish the previous publication again instead."""
-    settings = Settings()
+    settings = Settings().retrieval
     if rollback:
         version = IndexStore.for_settings(settings).rollback()
         commit(index_volume)

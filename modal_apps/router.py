@@ -14,7 +14,7 @@ from .config import load_settings, project_pins
 
 ROUTER_PACKAGES = ("fastapi", "httpx", "pydantic", "prometheus-client")
 
-cfg, _ = load_settings()
+cfg, _, _ = load_settings()
 app = modal.App(f"{cfg.app_name}-router")
 traffic = modal.Dict.from_name(f"{cfg.app_name}-traffic", create_if_missing=True)
 image = (

@@ -6,7 +6,7 @@ with vLLM) and Modal routes HTTPS to its port 3000, the gateway's OpenAI-compati
 Cold start path: weights from the `models` Volume (filled once by `download`, so no container
 touches the hub), compile caches from the `cache` Volume, optional fast boot (--enforce-eager),
 optional GPU memory snapshot (the engine sleeps before the snapshot and wakes after restore).
-Settings: RAGSERVE_MODAL_* (modal_apps/config.py) and the stack's own RAGSERVE_* at deploy time.
+Settings: the deployment's env file (modal_apps/deploy.env; docs/modal.md), checked by modal_apps/config.py.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ log = logging.getLogger("ragserve.modal")
 SERVE_PORT = 3000
 
 
-cfg, settings = load_settings()
-if modal.is_local() and settings.guardrails and not settings.classifier_path.exists():
-    raise SystemExit(f"{settings.classifier_path} is missing: train it first (`make setup`, or `ragserve guardrails train`)")
-if cfg.memory_snapshot and settings.guard_in_process:
+cfg, settings, deploy_env = load_settings(gpu_endpoint=True)
+if modal.is_local() and settings.guard.guardrails and not settings.guard.classifier_path.exists():
+    raise SystemExit(f"{settings.guard.classifier_path} is missing: train it first (`make setup`, or `ragserve guardrails train`)")
+if cfg.memory_snapshot and settings.guard.guard_in_process:
     # The snapshot path puts one engine to sleep at a known port; a second engine is not handled yet.
     raise SystemExit("RAGSERVE_MODAL_MEMORY_SNAPSHOT does not support a guard engine yet: unset one of it and RAGSERVE_GUARD_MODEL")
 
@@ -64,7 +64,7 @@ SERVE_OPTIONS = dict(
     gpu=cfg.gpu,
     volumes={MODELS_DIR: models_volume, CACHE_DIR: cache_volume, **index_mounts(cfg, index_volume)},
     secrets=[modal.Secret.from_name(cfg.api_key_secret, required_keys=["RAGSERVE_API_KEY"]), *index_secrets(cfg)],
-    env=serving_env(cfg),
+    env=serving_env(cfg, deploy_env),
     min_containers=cfg.min_containers,
     max_containers=cfg.max_containers,
     scaledown_window=cfg.scaledown_window,
@@ -94,9 +94,9 @@ def model_env(s: Settings) -> dict[str, str]:
     """Serve Hugging Face ids (the model's, and the guard model's when set: its engine runs in the
     same container, on the same GPU) from their folders in the weights Volume."""
     env = {}
-    if folder := volume_folder(s.model, "RAGSERVE_MODEL"):
-        env |= {"RAGSERVE_MODEL": str(folder), "RAGSERVE_SERVED_MODEL_NAME": s.served_model_name or s.model}
-    if s.guard_in_process and (folder := volume_folder(s.guard_model, "RAGSERVE_GUARD_MODEL")):
+    if folder := volume_folder(s.engine.model, "RAGSERVE_MODEL"):
+        env |= {"RAGSERVE_MODEL": str(folder), "RAGSERVE_SERVED_MODEL_NAME": s.engine.served_model_name or s.engine.model}
+    if s.guard.guard_in_process and (folder := volume_folder(s.guard.guard_model, "RAGSERVE_GUARD_MODEL")):
         env["RAGSERVE_GUARD_MODEL"] = str(folder)
     return env
 
@@ -105,7 +105,7 @@ def model_env(s: Settings) -> dict[str, str]:
     image=image,
     volumes={MODELS_DIR: models_volume},
     secrets=[modal.Secret.from_name(cfg.hf_secret)] if cfg.hf_secret else [],
-    env=download_env(),
+    env=download_env(deploy_env),
     timeout=3600,
 )
 def download() -> str:
@@ -115,9 +115,9 @@ def download() -> str:
 
     s = Settings()
     folders = []
-    for model in [s.model] + ([s.guard_model] if s.guard_in_process else []):
+    for model in [s.engine.model] + ([s.guard.guard_model] if s.guard.guard_in_process else []):
         if model == EMBEDDED_MODEL:
-            target = prepare_embedded(s)
+            target = prepare_embedded(s.engine)
         elif Path(model).is_dir():
             target = Path(model)
         else:
@@ -133,7 +133,7 @@ def download() -> str:
 
 
 @app.cls(**SERVE_OPTIONS)
-@modal.concurrent(max_inputs=settings.max_num_seqs, target_inputs=cfg.target_inputs)
+@modal.concurrent(max_inputs=settings.engine.max_num_seqs, target_inputs=cfg.target_inputs)
 class Server:
     """One container: the whole stack, up before Modal sends it a request."""
 
@@ -141,10 +141,10 @@ class Server:
     def boot(self) -> None:
         s = Settings()
         env = {**os.environ, **model_env(s)}
-        log_path = Path(tempfile.gettempdir()) / f"ragserve-{s.port}.log"
-        self.stack = launch.start_bento(s.port, env, log_path, cfg.startup_timeout, host=s.host, echo=True)
-        self.api_key = s.api_key_value
-        print(f"stack ready on port {s.port} after {self.stack.ready_s:.1f} s")
+        log_path = Path(tempfile.gettempdir()) / f"ragserve-{s.web.port}.log"
+        self.stack = launch.start_bento(s.web.port, env, log_path, cfg.startup_timeout, host=s.web.host, echo=True)
+        self.api_key = s.web.api_key_value
+        print(f"stack ready on port {s.web.port} after {self.stack.ready_s:.1f} s")
         if cfg.memory_snapshot:
             self._warm_up(s)  # compile and capture graphs now, so the snapshot holds them
         commit(cache_volume)  # compile artifacts for the containers that start after this one
@@ -176,7 +176,7 @@ class Server:
             f"{self.stack.url}/v1/chat/completions",
             timeout=300,
             headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {},
-            json={"model": s.model_name, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8},
+            json={"model": s.engine.model_name, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8},
         )
         r.raise_for_status()
 

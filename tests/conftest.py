@@ -206,6 +206,10 @@ def start_modal_container(tmp_path: Path, api_key: str, extra: dict[str, str]) -
     """The Modal serving class run locally as a container runs it (tests/modal_container.py), in
     a process of its own so that its RAGSERVE_* environment stays its own."""
     env, db, port = stack_env(tmp_path, api_key, {**extra, "TMPDIR": str(tmp_path)})  # its log lands beside the rest
+    # Its settings as a deployment chooses them (docs/modal.md): an env file, the demo model on purpose.
+    chosen = {k: v for k, v in env.items() if k.startswith("RAGSERVE_")} | {"RAGSERVE_MODAL_ALLOW_DEMO": "true"}
+    (tmp_path / "deploy.env").write_text("".join(f"{k}='{v}'\n" for k, v in chosen.items()))
+    env["RAGSERVE_MODAL_ENV_FILE"] = str(tmp_path / "deploy.env")
     out = tmp_path / "container.out"
     with open(out, "wb") as sink:
         helper = subprocess.Popen(
@@ -294,11 +298,11 @@ def boots(request, tmp_path_factory, nothing_left_running) -> dict[str, Boot]:
         )
     if any(uses(i, "guard_stack") for i in items):
         from bentos.model.store import prepare_embedded
-        from bentos.settings import Settings
+        from bentos.settings import EngineSettings
 
         # The embedded SmolLM2 folder stands in for a guard model: a second engine really starts,
         # the chat template really renders, the verdict (held to Llama Guard's shape) is parsed.
-        extra = {"RAGSERVE_GUARD_MODEL": str(prepare_embedded(Settings())), "RAGSERVE_ENFORCE_EAGER": "true"}
+        extra = {"RAGSERVE_GUARD_MODEL": str(prepare_embedded(EngineSettings())), "RAGSERVE_ENFORCE_EAGER": "true"}
         if (os.cpu_count() or 1) > 1:
             extra["VLLM_CPU_OMP_THREADS_BIND"] = "1"
         started["guard_stack"] = Boot("stack with a guard model", partial(start_stack, tmp_path_factory.mktemp("guarded"), key, extra))

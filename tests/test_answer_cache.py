@@ -81,9 +81,9 @@ NEAR_MISSES = {
 
 
 def stack_threshold() -> float:
-    from bentos.settings import Settings
+    from bentos.settings import CacheSettings
 
-    return Settings.model_fields["cache_min_similarity"].default
+    return CacheSettings.model_fields["cache_min_similarity"].default
 
 
 def test_a_near_miss_of_each_kind_is_not_served_the_other_answer_and_a_paraphrase_is(stack):

@@ -20,7 +20,7 @@ from bentos.web.middleware import ResponseTimeout
 
 def slow_app(limit: int, queue: int, wait_s: float):
     settings = Settings(max_concurrent_requests=limit, max_queued_requests=queue, queue_timeout_s=wait_s)
-    app = openai_app(settings, "t", "t", "tests.access")
+    app = openai_app(settings.web, "t", "t", "tests.access")
     app.state.release = asyncio.Event()
 
     @app.post("/work")

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from bentos.guard.guard_model import FORMATS, LLAMA_GUARD_3, GuardModel, GuardModelError, Verdict
 from bentos.guard.metrics import GUARD_METRICS
 from bentos.guard.rails import Guard, StreamGuard
-from bentos.settings import Settings
+from bentos.settings import GuardSettings
 from bentos.tools.launch import serving
 
 CUE = re.compile(r"\[\[(unsafe:[S\d,]+|slow|error|garbage)\]\]")
@@ -58,7 +58,7 @@ def fake():
 @pytest.fixture(scope="module")
 def guard(fake) -> Guard:
     client = httpx.AsyncClient(base_url=fake.url)
-    return Guard(Settings(), guard_model=GuardModel(client, "guard", LLAMA_GUARD_3, timeout_s=1.0))
+    return Guard(GuardSettings(), guard_model=GuardModel(client, "guard", LLAMA_GUARD_3, timeout_s=1.0))
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_a_guard_that_cannot_tell_fails_closed(guard, embed, cue):
 
 def test_no_guard_model_no_guard_calls(fake, embed):
     n = len(fake.bodies)
-    plain = Guard(Settings())
+    plain = Guard(GuardSettings())
     text = "How many days of leave do I get? [[unsafe:S2]]"
     assert run(plain.check_input(text, embed(text))).blocked_by is None
     assert len(fake.bodies) == n

@@ -129,10 +129,10 @@ def test_personal_data_the_model_streams_in_pieces_never_leaves_unmasked(stack, 
     from transformers import AutoTokenizer
 
     from bentos.model.store import resolve_model
-    from bentos.settings import Settings
+    from bentos.settings import EngineSettings
 
     email, phone = "priya.raman@zorblax.com", "+1 212 555 0134"
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(Settings()))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(EngineSettings()))
     assert min(len(tokenizer.encode(f" {email}")), len(tokenizer.encode(f" {phone}"))) >= 5  # split however it streams
     question = "What is the email address of Zorblax billing?"
     pages = {

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bentos.settings import Settings
+from bentos.settings import WebSettings
 from bentos.web import heap
 
 
@@ -26,7 +26,7 @@ def test_trimming_returns_freed_memory():
 
 def test_interval_zero_turns_it_off():
     assert heap.keep_rss_level(0) is None
-    assert Settings().heap_trim_s == 60
+    assert WebSettings().heap_trim_s == 60
     with pytest.raises(ValueError):
-        Settings(heap_trim_s=-1)
+        WebSettings(heap_trim_s=-1)
     assert sys.platform != "linux" or heap.keep_rss_level(3600).daemon

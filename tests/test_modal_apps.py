@@ -1,11 +1,13 @@
 """The Modal apps with no Modal account and no network: specs through Modal's public API,
-the re-index job and the serving class run with `.local()`, bad settings refused at build."""
+the re-index job and the serving class run with `.local()`, bad settings and deployments whose
+settings were not chosen (no env file, the demo model on a GPU, a shell-only setting) refused at build."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -16,6 +18,22 @@ from pydantic import ValidationError
 from conftest import CORPUS
 
 ROOT = Path(__file__).resolve().parents[1]
+# The demo model on purpose: no hub, no GPU here. Deployments name a real model (modal_apps/deploy.env.example).
+DEMO = {"RAGSERVE_MODAL_ALLOW_DEMO": "true"}
+
+
+def env_file(folder: Path, settings: dict[str, str]) -> Path:
+    path = folder / "deploy.env"
+    path.write_text("".join(f"{k}='{v}'\n" for k, v in settings.items()))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def deployment(tmp_path_factory):
+    """The apps are built (imported) with an env file that deploys the demo model on purpose."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAGSERVE_MODAL_ENV_FILE", str(env_file(tmp_path_factory.mktemp("deploy"), DEMO)))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +51,12 @@ def server_info(serve):
 
 def test_serving_class_asks_for_a_gpu_scales_to_zero_and_serves_the_web_api(apps):
     serve, _ = apps
-    from bentos.settings import Settings
+    from bentos.settings import EngineSettings
 
     info = server_info(serve)
     assert info.gpus == [("L40S", 1)]
     assert info.method_details and "api" in info.method_details  # the @modal.web_server endpoint
-    assert info.concurrency_info.max_inputs == Settings().max_num_seqs  # matched to the engine batch
+    assert info.concurrency_info.max_inputs == EngineSettings().max_num_seqs  # matched to the engine batch
     assert set(info.volumes) == {"/models", "/cache", "/index"}
     assert info.volumes["/index"].name == "ragserve-index"
     assert any("ragserve-api-key" in s for s in info.secrets)
@@ -93,19 +111,18 @@ def test_images_install_exactly_the_pins_of_pyproject():
     assert not any(p.startswith("vllm") for p in resources.cpu_packages())
 
 
-def test_serving_environment(monkeypatch):
+def test_serving_environment():
+    from bentos.settings import ModalSettings
     from modal_apps import resources
-    from modal_apps.config import ModalSettings
 
-    monkeypatch.setenv("RAGSERVE_API_KEY", "never-baked-into-the-image")
-    monkeypatch.setenv("RAGSERVE_MAX_NUM_SEQS", "32")
-    env = resources.serving_env(ModalSettings(gpu="H100:2"))
-    assert "RAGSERVE_API_KEY" not in env  # it comes from the modal.Secret only
+    chosen = {"RAGSERVE_API_KEY": "never-baked-into-the-image", "RAGSERVE_MAX_NUM_SEQS": "32", "RAGSERVE_MODAL_ENV_FILE": "deploy.env"}
+    env = resources.serving_env(ModalSettings(gpu="H100:2"), chosen)
+    assert "RAGSERVE_API_KEY" not in env and "RAGSERVE_MODAL_ENV_FILE" not in env  # the key comes from the modal.Secret only
     assert env["RAGSERVE_MAX_NUM_SEQS"] == "32" and env["RAGSERVE_TENSOR_PARALLEL_SIZE"] == "2"
     assert env["HF_HUB_OFFLINE"] == "1" and env["RAGSERVE_DB"] == "/index/lancedb"
     assert "RAGSERVE_ENFORCE_EAGER" not in env
-    assert resources.serving_env(ModalSettings(fast_boot=True, startup_timeout=300))["RAGSERVE_ENFORCE_EAGER"] == "true"
-    snap = resources.serving_env(ModalSettings(memory_snapshot=True))
+    assert resources.serving_env(ModalSettings(fast_boot=True, startup_timeout=300), {})["RAGSERVE_ENFORCE_EAGER"] == "true"
+    snap = resources.serving_env(ModalSettings(memory_snapshot=True), {})
     assert "--enable-sleep-mode" in snap["RAGSERVE_ENGINE_ARGS"] and snap["VLLM_SERVER_DEV_MODE"] == "1"
 
 
@@ -137,7 +154,7 @@ def test_a_model_missing_from_the_weights_volume_names_the_download_command(apps
     ],
 )
 def test_bad_modal_settings_are_refused_with_the_fix(setting, message):
-    from modal_apps.config import ModalSettings
+    from bentos.settings import ModalSettings
 
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace("*", r"\*")):
         ModalSettings(**setting)
@@ -145,16 +162,20 @@ def test_bad_modal_settings_are_refused_with_the_fix(setting, message):
 
 @pytest.mark.parametrize("cron", ["0 3 * * *", "*/15 9-17 * * MON-FRI", "0 0 1 JAN,JUL *", "5,35 */2 * * 0-6"])
 def test_good_cron_expressions_pass(cron):
-    from modal_apps.config import ModalSettings
+    from bentos.settings import ModalSettings
 
     assert ModalSettings(reindex_schedule=cron).reindex_schedule == cron
 
 
-def build_apps(**env: str) -> subprocess.CompletedProcess:
+def build_apps(code: str = "import modal_apps.serve, modal_apps.reindex", shell: dict | None = None, **settings: str):
+    """Build the apps as `modal deploy` does, with ``settings`` in the env file (and the demo
+    model on purpose) and ``shell`` exported in the deploying shell."""
+    folder = Path(tempfile.mkdtemp(prefix="ragserve-deploy-"))
+    chosen = {"RAGSERVE_MODAL_ENV_FILE": str(env_file(folder, {**DEMO, **settings}))}
     return subprocess.run(
-        [sys.executable, "-c", "import modal_apps.serve, modal_apps.reindex"],
+        [sys.executable, "-c", code],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, **chosen, **(shell or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -168,23 +189,21 @@ def test_the_app_refuses_to_build_on_a_bad_setting():
     assert "Traceback" not in r.stderr
 
 
-def test_a_guard_model_runs_in_the_serving_container_from_the_weights_volume(apps, monkeypatch):
+def test_a_guard_model_runs_in_the_serving_container_from_the_weights_volume(apps):
     """Its engine is a third service of the same Bento in the same container: its weights come
     from the Volume like the model's, its GPU share is forwarded with the other settings."""
     serve, _ = apps
-    from bentos.settings import Settings
+    from bentos.settings import ModalSettings, Settings
     from modal_apps import resources
-    from modal_apps.config import ModalSettings
 
-    monkeypatch.setenv("RAGSERVE_GUARD_MODEL", "meta-llama/Llama-Guard-3-1B")
-    monkeypatch.setenv("RAGSERVE_GUARD_GPU_MEMORY_UTILIZATION", "0.2")
-    env = resources.serving_env(ModalSettings())
+    chosen = {"RAGSERVE_GUARD_MODEL": "meta-llama/Llama-Guard-3-1B", "RAGSERVE_GUARD_GPU_MEMORY_UTILIZATION": "0.2"}
+    env = resources.serving_env(ModalSettings(), chosen)
     assert env["RAGSERVE_GUARD_MODEL"] == "meta-llama/Llama-Guard-3-1B" and env["RAGSERVE_GUARD_GPU_MEMORY_UTILIZATION"] == "0.2"
     with pytest.raises(RuntimeError, match=r"Llama-Guard-3-1B is not in .*\(same RAGSERVE_GUARD_MODEL\)"):
         serve.model_env(Settings(guard_model="meta-llama/Llama-Guard-3-1B"))
     assert serve.model_env(Settings(guard_model="embedded")) == {}  # prepared by the guard service itself
     shared = Settings(device="cuda", guard_model="meta-llama/Llama-Guard-3-1B", guard_gpu_memory_utilization=0.2)
-    assert shared.gpu_memory_utilization == 0.7  # the model's default share makes room
+    assert shared.engine.gpu_memory_utilization == 0.7  # the model's default share makes room
     with pytest.raises(ValidationError, match="lower RAGSERVE_GPU_MEMORY_UTILIZATION"):
         Settings(device="cuda", guard_model="meta-llama/Llama-Guard-3-1B", gpu_memory_utilization=0.9, guard_gpu_memory_utilization=0.2)
 
@@ -260,7 +279,7 @@ def test_an_index_in_a_bucket_needs_no_volume_on_any_container():
     env = dict(
         RAGSERVE_MODAL_INDEX_URI="s3://corp-index/ragserve", RAGSERVE_MODAL_INDEX_SECRET="index-s3", RAGSERVE_MODAL_REINDEX_SHARDS="8"
     )
-    r = subprocess.run([sys.executable, "-c", SPECS], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    r = build_apps(SPECS, **env)
     assert r.returncode == 0, r.stderr
     specs = json.loads(r.stdout.strip().splitlines()[-1])
     assert "/index" not in specs["serve_volumes"] and specs["reindex_volumes"] == ["/docs"]
@@ -293,3 +312,57 @@ def test_reindex_fans_the_embedding_out_over_shards_and_commits_once(apps, tmp_p
         return np.array([r["vector"] for r in rows])
 
     assert np.allclose(vectors(tmp_path / "sharded"), vectors(tmp_path / "alone"), atol=1e-5)
+
+
+def test_a_deploy_needs_its_settings_chosen_in_an_env_file(tmp_path, monkeypatch):
+    """No file, or a setting exported in the shell that the file lacks (or says otherwise), or the
+    embedded demo model on a GPU without saying so: each refused with the fix. A file that names
+    a model is deployed as written, and a shell that agrees with it is fine."""
+    from bentos.settings import DeployChoiceError, deployment_settings
+
+    monkeypatch.setenv("RAGSERVE_MODAL_ENV_FILE", str(tmp_path / "missing.env"))
+    with pytest.raises(DeployChoiceError, match=r"copy modal_apps/deploy.env.example to modal_apps/deploy.env"):
+        deployment_settings(gpu_endpoint=True)
+
+    chosen = {"RAGSERVE_MODEL": "Qwen/Qwen2.5-7B-Instruct", "RAGSERVE_MODAL_GPU": "H100", "RAGSERVE_MAX_NUM_SEQS": "32"}
+    monkeypatch.setenv("RAGSERVE_MODAL_ENV_FILE", str(env_file(tmp_path, chosen)))
+    settings, env = deployment_settings(gpu_endpoint=True)
+    assert env == chosen and settings.engine.model == "Qwen/Qwen2.5-7B-Instruct" and settings.engine.max_num_seqs == 32
+    assert settings.modal.gpu == "H100"
+
+    monkeypatch.setenv("RAGSERVE_MAX_NUM_SEQS", "32")  # the same as the file: what `set -a; . deploy.env` gives
+    monkeypatch.setenv("RAGSERVE_TEST_NOT_A_SETTING", "x")
+    assert deployment_settings(gpu_endpoint=True)[1] == chosen
+    monkeypatch.setenv("RAGSERVE_MAX_NUM_SEQS", "8")
+    monkeypatch.setenv("RAGSERVE_GUARD_MODEL", "meta-llama/Llama-Guard-3-1B")
+    shell_only = r"RAGSERVE_GUARD_MODEL, RAGSERVE_MAX_NUM_SEQS set in this shell but not .*put them in the file"
+    with pytest.raises(DeployChoiceError, match=shell_only):
+        deployment_settings(gpu_endpoint=True)
+    monkeypatch.delenv("RAGSERVE_MAX_NUM_SEQS")
+    monkeypatch.delenv("RAGSERVE_GUARD_MODEL")
+
+    demo = env_file(tmp_path, {"RAGSERVE_MODAL_GPU": "L4"})
+    fix = r"embedded 135M demo model on a L4 GPU: set RAGSERVE_MODEL=<hf id> in .*RAGSERVE_MODAL_ALLOW_DEMO=true"
+    with pytest.raises(DeployChoiceError, match=fix):
+        deployment_settings(gpu_endpoint=True)
+    assert deployment_settings(gpu_endpoint=False)[0].engine.model == "embedded"  # the CPU re-index job serves no model
+    demo.write_text(demo.read_text() + "RAGSERVE_MODAL_ALLOW_DEMO=true\n")
+    assert deployment_settings(gpu_endpoint=True)[0].modal.allow_demo
+
+    env_file(tmp_path, {"RAGSERVE_MODEL": "Qwen/Qwen2.5-7B-Instruct", "HF_TOKEN": "hf_x"})
+    with pytest.raises(DeployChoiceError, match="only RAGSERVE_\\* settings belong there"):
+        deployment_settings(gpu_endpoint=True)
+
+
+def test_a_fresh_shell_does_not_deploy_the_demo_model_on_a_gpu():
+    """`modal deploy modal_apps/serve.py` from a checkout with no env file, then with the example's
+    settings: the first stops naming the file to create, the second builds with the file's model."""
+    r = build_apps("import modal_apps.serve", shell={"RAGSERVE_MODAL_ENV_FILE": str(ROOT / "no-such-deploy.env")})
+    assert r.returncode != 0 and "not deploying: no deployment settings at" in r.stderr and "Traceback" not in r.stderr
+    r = build_apps("import modal_apps.serve", RAGSERVE_MODAL_ALLOW_DEMO="false")
+    assert r.returncode != 0 and "RAGSERVE_MODAL_ALLOW_DEMO=true to deploy the demo model on purpose" in r.stderr
+    example = ROOT / "modal_apps" / "deploy.env.example"
+    code = "import modal_apps.serve as s; print(s.SERVE_OPTIONS['env']['RAGSERVE_MODEL'], s.SERVE_OPTIONS['gpu'])"
+    r = build_apps(code, shell={"RAGSERVE_MODAL_ENV_FILE": str(example)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["Qwen/Qwen2.5-7B-Instruct", "L40S"]

@@ -66,9 +66,9 @@ def uri(request) -> str:
 def sources(db: str, query: str) -> list[str]:
     """What the gateway's retriever finds for ``query`` in the published version (in this process)."""
     from bentos.retrieval.retriever import Retriever
-    from bentos.settings import Settings
+    from bentos.settings import RetrievalSettings
 
-    return [h.source for h in Retriever(Settings(db=db, index_refresh_s=0.01)).retrieve(query, 3).relevant]
+    return [h.source for h in Retriever(RetrievalSettings(db=db, index_refresh_s=0.01)).retrieve(query, 3).relevant]
 
 
 def test_index_search_reindex_and_rollback_on_s3(s3, corpus, request):
@@ -100,10 +100,10 @@ def test_nothing_published_and_bad_uris_get_clear_errors(s3, request):
 READER = textwrap.dedent("""
     import sys, time
     from bentos.retrieval.retriever import Retriever
-    from bentos.settings import Settings
+    from bentos.settings import RetrievalSettings
 
     # What the gateway does per request: the published version, searched, the relevance gate applied.
-    retriever = Retriever(Settings(db=sys.argv[1], index_refresh_s=0.2))
+    retriever = Retriever(RetrievalSettings(db=sys.argv[1], index_refresh_s=0.2))
     print("ready", flush=True)
     while True:
         r = retriever.retrieve("Where do visitors park their cars?", 3)

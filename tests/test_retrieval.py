@@ -250,7 +250,7 @@ def test_batched_vector_searches_equal_searching_one_by_one(tmp_path):
 
     from bentos.retrieval.retriever import Retriever
     from bentos.retrieval.search import _vector, vector_searches
-    from bentos.settings import Settings
+    from bentos.settings import RetrievalSettings
 
     docs = [
         Document(f"d{i}", f"d{i}", f"Note {i}: the {w} shelf holds item number {i * 7}.", f"Note {i}")
@@ -265,7 +265,7 @@ def test_batched_vector_searches_equal_searching_one_by_one(tmp_path):
         alone = _vector(table, v, found.num_rows)
         assert found.num_rows in (4, 2) and found.column("chunk_id").to_pylist() == alone.column("chunk_id").to_pylist()
 
-    retriever = Retriever(Settings(db=str(tmp_path / "db")))
+    retriever = Retriever(RetrievalSettings(db=str(tmp_path / "db")))
 
     async def run():
         return await asyncio.gather(*(retriever.search(q, 3, v) for q, v in zip(queries, vectors)))

@@ -36,7 +36,7 @@ from bentos.web.timing import FeltLatency
 
 def create_gateway_app(settings: Settings) -> FastAPI:
     """Mounted at /v1; ``wire`` gives it what it serves with when the service starts."""
-    app = openai_app(settings, "ragserve gateway", "Guarded, retrieval-augmented, OpenAI-compatible chat.", "bentos.access.gateway")
+    app = openai_app(settings.web, "ragserve gateway", "Guarded, retrieval-augmented, OpenAI-compatible chat.", "bentos.access.gateway")
     app.add_middleware(FeltLatency)  # outermost: the client's wait, queue and auth included
 
     @app.get("/models")
@@ -46,11 +46,13 @@ def create_gateway_app(settings: Settings) -> FastAPI:
 
     @app.post("/retrieve", response_model=RetrieveResponse)
     async def retrieve_route(request: Request) -> RetrieveResponse:
-        req = parse_body(RetrieveRequest, await read_json(request, settings.max_body_bytes))
+        req = parse_body(RetrieveRequest, await read_json(request, settings.web.max_body_bytes))
         if not req.query.strip():
             raise APIError(400, "query is empty; send the text to search for", "empty_query")
-        if req.k > settings.max_k:
-            raise APIError(400, f"k={req.k} is above the limit {settings.max_k} (RAGSERVE_MAX_K); ask for fewer chunks", "k_too_large")
+        if req.k > settings.retrieval.max_k:
+            raise APIError(
+                400, f"k={req.k} is above the limit {settings.retrieval.max_k} (RAGSERVE_MAX_K); ask for fewer chunks", "k_too_large"
+            )
         retriever: Retriever = app_state(request, "retriever")
         r = await retriever.search(req.query, req.k, *await retriever.embed_query(req.query))
         log_retrieval(request_id(request), r)
@@ -71,8 +73,8 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     @app.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         arrived = request.scope.get("state", {}).get("arrived") or time.perf_counter()
-        req = parse_body(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
-        payload = engine_payload(req, settings.model_name, settings.max_model_len)
+        req = parse_body(ChatCompletionRequest, await read_json(request, settings.web.max_body_bytes))
+        payload = engine_payload(req, settings.engine.model_name, settings.engine.max_model_len)
         query = last_user_text(req.messages)
         if not query.strip():
             raise APIError(
@@ -80,8 +82,8 @@ def create_gateway_app(settings: Settings) -> FastAPI:
             )
         chat: ChatPath = app_state(request, "chat")
         # with keys, each key is a tenant; without (loopback only), every caller is the same one
-        tenant = tenant_of(request.headers.get("authorization") if settings.api_keys else None)
-        turn = Turn(req, payload, query, settings.model_name, request_id(request), arrived, tenant=tenant)
+        tenant = tenant_of(request.headers.get("authorization") if settings.web.api_keys else None)
+        turn = Turn(req, payload, query, settings.engine.model_name, request_id(request), arrived, tenant=tenant)
         return await chat(turn)
 
     add_not_found_route(app)

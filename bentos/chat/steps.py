@@ -312,12 +312,17 @@ class ChatPath:
     def build(cls, settings: Settings, retriever: Retriever, llm: Relay, guard: Guard | None, link: EngineLink | None = None) -> ChatPath:
         rails = guard is not None
         cache = (
-            AnswerCache(settings.cache_min_similarity, settings.cache_max_entries, settings.cache_max_bytes, settings.cache_ttl_s)
-            if settings.cache
+            AnswerCache(
+                settings.cache.cache_min_similarity,
+                settings.cache.cache_max_entries,
+                settings.cache.cache_max_bytes,
+                settings.cache.cache_ttl_s,
+            )
+            if settings.cache.cache
             else None
         )
         steps: list[Step] = [
-            EmbedQuery(retriever, settings.retrieve_k),
+            EmbedQuery(retriever, settings.retrieval.retrieve_k),
             *([InputRails(guard)] if rails else []),
             *([CacheLookup(cache, retriever.reader)] if cache else []),
             Retrieve(),
@@ -325,10 +330,10 @@ class ChatPath:
             Ground(),
         ]
         answer_steps: list[AnswerStep] = [
-            *([OutputRails(guard, settings.guard_stream_every_tokens)] if rails else []),
+            *([OutputRails(guard, settings.guard.guard_stream_every_tokens)] if rails else []),
             *([CacheStore(cache)] if cache else []),  # last: what the user was sent
         ]
-        return cls(steps, ModelCall(llm, answer_steps, link, settings.log_prompts))
+        return cls(steps, ModelCall(llm, answer_steps, link, settings.engine.log_prompts))
 
     async def __call__(self, turn: Turn) -> Response:
         t = time.perf_counter()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from bentos.guard.metrics import GUARD_METRICS
-from bentos.settings import Settings
+from bentos.settings import GuardSettings
 from bentos.web.relay import http_client
 
 
@@ -95,14 +95,14 @@ class GuardModel:
         return verdict
 
 
-def guard_model_over(http: httpx.AsyncClient, name: str, settings: Settings) -> GuardModel:
+def guard_model_over(http: httpx.AsyncClient, name: str, settings: GuardSettings, api_key: str | None) -> GuardModel:
     """The guard-model rail as the settings configure it, over ``http``: the guard service beside
     the gateway, or a guard engine served at a URL (``guard_at``)."""
-    if settings.api_key_value:
-        http.headers["Authorization"] = f"Bearer {settings.api_key_value}"
+    if api_key:
+        http.headers["Authorization"] = f"Bearer {api_key}"
     return GuardModel(http, name, FORMATS[settings.guard_format], settings.guard_timeout_s)
 
 
-def guard_at(url: str, settings: Settings) -> httpx.AsyncClient:
+def guard_at(url: str, settings: GuardSettings) -> httpx.AsyncClient:
     """HTTP to an OpenAI-compatible guard engine at ``url`` (with or without its /v1)."""
     return http_client(url.rstrip("/").removesuffix("/v1"), settings.guard_timeout_s)

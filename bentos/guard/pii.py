@@ -101,7 +101,7 @@ def analyze(text: str) -> list:
         return []
     from bentos.guard.pii_recognizers import never_mask
 
-    results = analyzer(get_settings().pii_spacy_model).analyze(text, language="en", entities=list(KINDS))
+    results = analyzer(get_settings().guard.pii_spacy_model).analyze(text, language="en", entities=list(KINDS))
     kept = never_mask(text)
     return [r for r in results if r.entity_type not in NUMBER_KINDS or not any(r.start < e and s < r.end for s, e in kept)]
 
@@ -109,7 +109,7 @@ def analyze(text: str) -> list:
 def resolve(results: list, threshold: float | None = None) -> list[Finding]:
     """The findings at or over the threshold (default RAGSERVE_PII_MIN_SCORE); where two overlap,
     the higher score (then the longer) wins."""
-    limit = get_settings().pii_min_score if threshold is None else threshold
+    limit = get_settings().guard.pii_min_score if threshold is None else threshold
     ranked = sorted((r for r in results if r.score >= limit), key=lambda r: (-r.score, -(r.end - r.start), r.start))
     taken: list[Finding] = []
     for r in ranked:

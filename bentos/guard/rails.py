@@ -22,7 +22,7 @@ from bentos.guard.guard_model import GuardModel
 from bentos.guard.metrics import GUARD_METRICS
 from bentos.guard.modes import Modes, parse_rails
 from bentos.guard.pii import StreamMasker
-from bentos.settings import Settings
+from bentos.settings import GuardSettings
 
 log = logging.getLogger("bentos.guard")
 
@@ -45,7 +45,7 @@ class Decision:
 class Guard:
     def __init__(
         self,
-        settings: Settings,
+        settings: GuardSettings,
         ask_model: Callable[[str], Awaitable[str]] | None = None,
         guard_model: GuardModel | None = None,
     ):

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from bentos.model.engine import Engine
-from bentos.settings import Settings
+from bentos.settings import EngineSettings, WebSettings
 from bentos.web.app import add_not_found_route, app_state, openai_app
 from bentos.web.bodies import parse_body, read_json
 from bentos.web.errors import APIError
@@ -24,7 +24,7 @@ from bentos.web.timing import CHAT_STEPS
 log = logging.getLogger("bentos.llm")
 
 
-def engine_relay(engine: Engine, settings: Settings) -> Relay:
+def engine_relay(engine: Engine, timeout_s: float) -> Relay:
     """A relay to the engine that answers a clear 503 while it starts or after it died."""
 
     def ready_check() -> None:
@@ -41,12 +41,12 @@ def engine_relay(engine: Engine, settings: Settings) -> Relay:
                 {"Retry-After": "5"},
             )
 
-    return Relay(http_client(engine.base_url, settings.request_timeout_s), "the model engine", ready_check)
+    return Relay(http_client(engine.base_url, timeout_s), "the model engine", ready_check)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: EngineSettings, web: WebSettings) -> FastAPI:
     """The FastAPI app mounted at /v1; ``app.state.engine`` is set once the service starts."""
-    app = openai_app(settings, "ragserve model service", "OpenAI-compatible chat on vLLM.", "bentos.access.llm")
+    app = openai_app(web, "ragserve model service", "OpenAI-compatible chat on vLLM.", "bentos.access.llm")
 
     def engine(request: Request) -> Relay:
         return app_state(request, "engine")
@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        req = parse_body(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
+        req = parse_body(ChatCompletionRequest, await read_json(request, web.max_body_bytes))
         payload = engine_payload(req, settings.model_name, settings.max_model_len)
         if settings.log_prompts:
             audit_prompt(request.scope.get("state", {}).get("request_id"), payload["messages"])

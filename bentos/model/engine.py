@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from prometheus_client import Counter
 
-from bentos.settings import TELEMETRY_OFF, Settings
+from bentos.settings import TELEMETRY_OFF, EngineSettings
 from bentos.web.metrics import SERVICE_METRICS
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def vllm_launcher() -> list[str]:
         return [sys.executable, "-W", "ignore::DeprecationWarning", "-m", "vllm.entrypoints.openai.api_server"]
 
 
-def engine_command(settings: Settings, model: str, port: int) -> list[str]:
+def engine_command(settings: EngineSettings, model: str, port: int) -> list[str]:
     """The `vllm serve` invocation for these settings."""
     cmd = [
         *vllm_launcher(),
@@ -128,7 +128,7 @@ def engine_command(settings: Settings, model: str, port: int) -> list[str]:
     return cmd + shlex.split(settings.engine_args)
 
 
-def engine_environment(settings: Settings, model: str) -> dict[str, str]:
+def engine_environment(settings: EngineSettings, model: str) -> dict[str, str]:
     env = dict(os.environ)
     for name, value in TELEMETRY_OFF.items():
         env.setdefault(name, value)
@@ -157,7 +157,7 @@ def engine_environment(settings: Settings, model: str) -> dict[str, str]:
 class Engine:
     """Starts, warms, probes and stops one vLLM server on a loopback port."""
 
-    def __init__(self, settings: Settings, model: str):
+    def __init__(self, settings: EngineSettings, model: str):
         self.settings = settings
         self.model = model
         self.port = settings.engine_port or free_port()

@@ -21,11 +21,11 @@ from bentos.web.service import check_worker_socket
 
 class EngineService:
     def start_engine(self, settings: Settings, app: FastAPI) -> None:
-        check_worker_socket(settings)
-        keep_rss_level(settings.heap_trim_s)
-        self.engine = Engine(settings, resolve_model(settings))
+        check_worker_socket(settings.web)
+        keep_rss_level(settings.web.heap_trim_s)
+        self.engine = Engine(settings.engine, resolve_model(settings.engine))
         Supervisor(self.engine).start()
-        self.client = engine_relay(self.engine, settings)
+        self.client = engine_relay(self.engine, settings.web.request_timeout_s)
         app.state.engine, app.state.engine_process = self.client, self.engine
 
     async def __is_ready__(self) -> bool:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bentos.settings import EMBEDDED_MODEL, Settings
+from bentos.settings import EMBEDDED_MODEL, EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ def embedded_gguf() -> Path:
     return path
 
 
-def prepared_dir(settings: Settings) -> Path:
+def prepared_dir(settings: EngineSettings) -> Path:
     return settings.models_dir / EMBEDDED_DIR_NAME
 
 
-def prepare_embedded(settings: Settings) -> Path:
+def prepare_embedded(settings: EngineSettings) -> Path:
     """Convert the packaged GGUF into a model folder once; later calls return the same folder."""
     target = prepared_dir(settings)
     gguf = embedded_gguf()
@@ -96,7 +96,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     gen_path.write_text(json.dumps({**json.loads(gen_path.read_text()), **SAMPLING_DEFAULTS}, indent=2))
 
 
-def resolve_model(settings: Settings) -> str:
+def resolve_model(settings: EngineSettings) -> str:
     """What to hand to vLLM: a prepared folder, a local folder, or a Hugging Face id."""
     if settings.model == EMBEDDED_MODEL:
         return str(prepare_embedded(settings))

@@ -35,7 +35,7 @@ def index(path: Path | None, db: str | None, rollback: bool, skip_unreadable: bo
     from bentos.retrieval.index import IndexStore, IndexStoreError
     from bentos.retrieval.ingest import describe, progress_bars, reindex_source
 
-    settings = load_settings(db=db)
+    settings = load_settings(db=db).retrieval
     if rollback == (path is not None):
         raise click.UsageError("give either PATH to index or --rollback")
     try:

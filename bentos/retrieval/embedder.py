@@ -46,4 +46,5 @@ def get_embedder(name: str = EMBEDDED_EMBEDDER, threads: int = 1) -> Embedder:
 
 
 def embedder_for(settings) -> Embedder:
+    """The embedder of ``settings.retrieval``."""
     return get_embedder(settings.embed_model, settings.embed_threads)

@@ -9,7 +9,7 @@ from pathlib import Path
 from bentos.retrieval.documents import read_documents
 from bentos.retrieval.embedder import Embedder, embedder_for
 from bentos.retrieval.index import ChunkingConfig, IndexStore, ReindexSummary
-from bentos.settings import Settings
+from bentos.settings import RetrievalSettings
 
 Step = Callable[[str, int, int], None]
 
@@ -36,7 +36,7 @@ def progress_bars() -> Iterator[Step]:
 
 
 def reindex_source(
-    settings: Settings, source: Path, skip_unreadable: bool = False, on_step: Step | None = None, embedder: Embedder | None = None
+    settings: RetrievalSettings, source: Path, skip_unreadable: bool = False, on_step: Step | None = None, embedder: Embedder | None = None
 ) -> tuple[ReindexSummary, list[str]]:
     """Bring the index in ``settings.db`` to exactly the documents under ``source`` and publish it.
     Raises SourceError or IndexStoreError with a message naming the fix; the published version

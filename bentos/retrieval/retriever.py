@@ -21,7 +21,7 @@ from bentos.retrieval.search import (
     in_pool,
     vector_searches,
 )
-from bentos.settings import Settings
+from bentos.settings import RetrievalSettings
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Retrieval:
 
 
 class Retriever:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: RetrievalSettings):
         self.settings = settings
         self.embedder = embedder_for(settings)
         # Concurrent requests share a forward pass and a vector query. On this CPU 32 queries

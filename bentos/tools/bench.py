@@ -24,7 +24,7 @@ from tqdm import tqdm
 from bentos.chat.prompting import with_sources
 from bentos.model.engine import Engine, free_port
 from bentos.model.store import resolve_model
-from bentos.settings import PROJECT_DIR, Settings
+from bentos.settings import PROJECT_DIR, EngineSettings, Settings
 from bentos.tools import launch
 from bentos.tools.loadgen import Report, run_load
 from bentos.web.metrics import samples
@@ -42,7 +42,7 @@ QUESTIONS = [
 
 
 @contextmanager
-def plain_vllm(settings: Settings, model: str) -> Iterator[tuple[str, float]]:
+def plain_vllm(settings: EngineSettings, model: str) -> Iterator[tuple[str, float]]:
     """vLLM's own server with the exact flags the Bento gives it, and nothing in front."""
     engine = Engine(settings.model_copy(update={"engine_port": free_port()}), model)
     engine.start()
@@ -56,7 +56,7 @@ def plain_vllm(settings: Settings, model: str) -> Iterator[tuple[str, float]]:
 
 @contextmanager
 def bento(
-    settings: Settings, log_dir: Path, db: Path, env: dict[str, str] | None = None, log: str = "bento.log"
+    settings: EngineSettings, log_dir: Path, db: Path, env: dict[str, str] | None = None, log: str = "bento.log"
 ) -> Iterator[tuple[str, float]]:
     """`bentoml serve` on a free port over ``db``, with rails on and ``env`` on top."""
     port = free_port()
@@ -72,10 +72,10 @@ def augmented_conversations(settings: Settings, db: Path) -> list[list[dict]]:
     """What the gateway sends the model for each question: its sources first, then the question."""
     from bentos.retrieval.retriever import Retriever
 
-    retriever = Retriever(settings.model_copy(update={"db": str(db)}))
+    retriever = Retriever(settings.retrieval.model_copy(update={"db": str(db)}))
     conversations = []
     for q in QUESTIONS:
-        found = retriever.retrieve(q, settings.retrieve_k)
+        found = retriever.retrieve(q, settings.retrieval.retrieve_k)
         if not found.relevant:
             raise RuntimeError(f"the bench corpus has nothing relevant to {q!r}: the gateway would answer without the model")
         conversations.append(with_sources([{"role": "user", "content": q}], found.relevant))
@@ -85,7 +85,7 @@ def augmented_conversations(settings: Settings, db: Path) -> list[list[dict]]:
 def index_corpus(settings: Settings, corpus: Path, db: Path) -> None:
     from bentos.retrieval.ingest import reindex_source
 
-    reindex_source(settings.model_copy(update={"db": str(db)}), corpus, False, None)
+    reindex_source(settings.retrieval.model_copy(update={"db": str(db)}), corpus, False, None)
 
 
 def run_serve_bench(
@@ -98,20 +98,20 @@ def run_serve_bench(
     png_out: str | None = None,
     corpus: Path = PROJECT_DIR / "docs",
 ) -> dict:
-    model = resolve_model(settings)
-    key = settings.api_key_value or ""
+    model = resolve_model(settings.engine)
+    key = settings.web.api_key_value or ""
     log_dir = Path(tempfile.mkdtemp(prefix="ragserve-bench-"))
     db = log_dir / "lancedb"
     index_corpus(settings, corpus, db)
     conversations = augmented_conversations(settings, db)
     results: dict = {"model": model, "max_tokens": max_tokens, "requests": n_requests, "corpus": str(corpus), "targets": {}}
     for name in ("vllm", "gateway"):
-        run_settings = settings
+        run_settings = settings.engine
         if cold:
             # Empty vLLM and TorchInductor caches (inductor's sits in the engine's TMPDIR under
             # the cache dir): what a first start on a new machine pays. The model folder is reused.
             fresh = Path(tempfile.mkdtemp(prefix=f"ragserve-cold-{name}-"))
-            run_settings = settings.model_copy(update={"cache_dir": fresh, "model": model})
+            run_settings = settings.engine.model_copy(update={"cache_dir": fresh, "model": model})
             os.environ.update({"VLLM_CACHE_ROOT": str(fresh / "vllm"), "RAGSERVE_CACHE_DIR": str(fresh), "RAGSERVE_MODEL": model})
         print(f"starting {name} ...", flush=True)
         start = plain_vllm(run_settings, model) if name == "vllm" else bento(run_settings, log_dir, db)
@@ -119,11 +119,11 @@ def run_serve_bench(
         prompts = conversations if name == "vllm" else QUESTIONS
         with start as (url, ready_s):
             entry = {"ready_s": round(ready_s, 1), "levels": {}}
-            asyncio.run(run_load(url + "/v1", key, settings.model_name, 1, 2, 8, prompts, timeout_s=120))  # warm-up
+            asyncio.run(run_load(url + "/v1", key, settings.engine.model_name, 1, 2, 8, prompts, timeout_s=120))  # warm-up
             for c in tqdm(levels, desc=name, unit="level"):
                 before = step_totals(url, key)
                 report: Report = asyncio.run(
-                    run_load(url + "/v1", key, settings.model_name, c, max(n_requests, 2 * c), max_tokens, prompts)
+                    run_load(url + "/v1", key, settings.engine.model_name, c, max(n_requests, 2 * c), max_tokens, prompts)
                 )
                 entry["levels"][str(c)] = {**report.as_dict(), "steps_ms_mean": step_means(before, step_totals(url, key))}
             results["targets"][name] = entry

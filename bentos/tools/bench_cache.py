@@ -24,12 +24,14 @@ from bentos.tools.loadgen import run_load
 def seeded_round(url: str, key: str, settings: Settings, concurrency: int, max_tokens: int, seeds: list[int]):
     """One request per seed, the questions in turn: a seed of its own makes a request's key new."""
     return asyncio.run(
-        run_load(url, key, settings.model_name, concurrency, len(seeds), max_tokens, QUESTIONS, extra_body=lambda i: {"seed": seeds[i]})
+        run_load(
+            url, key, settings.engine.model_name, concurrency, len(seeds), max_tokens, QUESTIONS, extra_body=lambda i: {"seed": seeds[i]}
+        )
     )
 
 
 def run_cache_bench(settings: Settings, levels: list[int], n_requests: int, max_tokens: int, corpus: Path, json_out: str | None) -> dict:
-    key = settings.api_key_value or ""
+    key = settings.web.api_key_value or ""
     log_dir = Path(tempfile.mkdtemp(prefix="ragserve-bench-cache-"))
     db = log_dir / "lancedb"
     index_corpus(settings, corpus, db)
@@ -38,9 +40,11 @@ def run_cache_bench(settings: Settings, levels: list[int], n_requests: int, max_
     for cache in ("off", "on"):
         print(f"starting the gateway, cache {cache} ...", flush=True)
         env = {"RAGSERVE_CACHE": "true" if cache == "on" else "false"}
-        with bento(settings, log_dir, db, env, f"bento-cache-{cache}.log") as (base, _):
+        with bento(settings.engine, log_dir, db, env, f"bento-cache-{cache}.log") as (base, _):
             url = base + "/v1"
-            asyncio.run(run_load(url, key, settings.model_name, 1, 2, 8, QUESTIONS, extra_body=lambda i: {"cache": False}))  # warm-up
+            asyncio.run(
+                run_load(url, key, settings.engine.model_name, 1, 2, 8, QUESTIONS, extra_body=lambda i: {"cache": False})
+            )  # warm-up
             for c in tqdm(levels, desc=f"cache {cache}", unit="level"):
                 level = results["levels"].setdefault(str(c), {})
                 before = step_totals(base, key)

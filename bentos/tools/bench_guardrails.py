@@ -51,8 +51,8 @@ def gateway(settings: Settings, engine_url: str, rails: bool):
     from bentos.retrieval.retriever import Retriever
 
     app = create_gateway_app(settings)
-    llm = TimedRelay(http_client(engine_url, settings.request_timeout_s), "vLLM")
-    wire(app, settings, Retriever(settings), llm, Guard(settings) if rails else None)
+    llm = TimedRelay(http_client(engine_url, settings.web.request_timeout_s), "vLLM")
+    wire(app, settings, Retriever(settings.retrieval), llm, Guard(settings.guard) if rails else None)
     return app, llm
 
 
@@ -71,11 +71,11 @@ def bench_guardrails(settings: Settings, squad: Path, n: int) -> dict:
 
     evalset = load_squad(squad)
     db = tempfile.mkdtemp(prefix="ragserve-bench-guardrails-")
-    run = settings.model_copy(update={"db": db})
-    IndexStore(db).reindex(evalset.docs, embedder_for(run), ChunkingConfig.from_settings(run))
+    run = settings.with_retrieval(db=db)
+    IndexStore(db).reindex(evalset.docs, embedder_for(run.retrieval), ChunkingConfig.from_settings(run.retrieval))
     questions = [q for q, _ in evalset.queries][: n + 10]
     with ExitStack() as stack:
-        engine_url, _ = stack.enter_context(plain_vllm(run, resolve_model(run)))
+        engine_url, _ = stack.enter_context(plain_vllm(run.engine, resolve_model(run.engine)))
         sides = {}
         for name, rails in (("rails off", False), ("rails on", True)):
             app, llm = gateway(run, engine_url, rails)

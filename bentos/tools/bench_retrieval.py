@@ -35,8 +35,8 @@ def squad_corpus(squad: Path, copies: int) -> list[Document]:
 
 def bench_index(settings: Settings, squad: Path, copies: int, s3_uri: str | None = None) -> dict:
     docs = squad_corpus(squad, copies)
-    chunking = ChunkingConfig.from_settings(settings)
-    embedder = embedder_for(settings)
+    chunking = ChunkingConfig.from_settings(settings.retrieval)
+    embedder = embedder_for(settings.retrieval)
     texts = [search_text(c) for d in docs for c in chunk_document(d, chunking.max_words, chunking.overlap_words)]
     embedder.embed(texts[:64])  # warm-up, so neither side pays model start-up
 
@@ -46,15 +46,15 @@ def bench_index(settings: Settings, squad: Path, copies: int, s3_uri: str | None
 
     def reindex_twice(store: IndexStore) -> tuple[float, float]:
         """Seconds of a re-index from scratch, then of one with nothing changed."""
-        full = store.reindex(docs, embedder, chunking, settings.ann_min_rows)
-        same = store.reindex(docs, embedder, chunking, settings.ann_min_rows)
+        full = store.reindex(docs, embedder, chunking, settings.retrieval.ann_min_rows)
+        same = store.reindex(docs, embedder, chunking, settings.retrieval.ann_min_rows)
         if same.changed:
             raise RuntimeError(f"a re-index of unchanged documents changed the index at {store.location}")
         return full.seconds, same.seconds
 
     with tempfile.TemporaryDirectory(prefix="ragserve-bench-index-") as folder:
         full_s, same_s = reindex_twice(IndexStore(folder))
-    with nullcontext((s3_uri, settings.db_storage_options)) if s3_uri else loopback_s3() as (bucket, options):
+    with nullcontext((s3_uri, settings.retrieval.db_storage_options)) if s3_uri else loopback_s3() as (bucket, options):
         s3_full_s, s3_same_s = reindex_twice(IndexStore(f"{bucket.rstrip('/')}/bench-{uuid.uuid4().hex[:8]}", options))
     n = len(docs)
     return {
@@ -135,18 +135,18 @@ def bench_retrieve(settings: Settings, squad: Path, sizes: list[int], queries: i
 
     evalset = load_squad(squad)
     sentences = [s.strip() for d in evalset.docs for s in d.text.split(". ") if len(s.split()) > 5]
-    embedder = embedder_for(settings)
+    embedder = embedder_for(settings.retrieval)
     base_vectors = embedder.embed(sentences)
     questions = [q for q, _ in evalset.queries][:queries]
     results = {}
     for rows in sizes:
         db = tempfile.mkdtemp(prefix=f"ragserve-bench-retrieve-{rows}-")
         t0 = time.perf_counter()
-        synthetic_table(IndexStore(db), sentences, base_vectors, rows, settings.ann_min_rows)
+        synthetic_table(IndexStore(db), sentences, base_vectors, rows, settings.retrieval.ann_min_rows)
         build_s = time.perf_counter() - t0
-        run = settings.model_copy(update={"db": db})
+        run = settings.with_retrieval(db=db)
         app = create_gateway_app(run)
-        app.state.retriever = Retriever(run)
+        app.state.retriever = Retriever(run.retrieval)
         totals, searches, embeds = [], [], []
         with serving(app, "/v1") as url, httpx.Client(base_url=url) as client:
             for q in questions[:20]:  # warm-up: caches, index pages

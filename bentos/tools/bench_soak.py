@@ -117,7 +117,7 @@ def run_soak(settings: Settings, minutes: float, concurrency: int, corpus: Path,
     port = free_port()
     env = {**os.environ, "RAGSERVE_PORT": str(port), "RAGSERVE_DB": str(db)}
     print("starting the stack ...", flush=True)
-    stack = launch.start_bento(port, env, work / "stack.log", settings.engine_start_timeout_s)
+    stack = launch.start_bento(port, env, work / "stack.log", settings.engine.engine_start_timeout_s)
     samples: list[tuple[int, dict]] = []
     stop = threading.Event()
 
@@ -135,7 +135,7 @@ def run_soak(settings: Settings, minutes: float, concurrency: int, corpus: Path,
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
     try:
-        results = asyncio.run(mixed_load(stack.url, settings.api_key_value or "", minutes, concurrency, reindex))
+        results = asyncio.run(mixed_load(stack.url, settings.web.api_key_value or "", minutes, concurrency, reindex))
     finally:
         stop.set()
         launch.stop(stack)

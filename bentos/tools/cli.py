@@ -55,7 +55,7 @@ class IntList(click.ParamType):
 def main(verbose: bool) -> None:
     """Guarded, retrieval-augmented chat on vLLM, served with BentoML.
 
-    Settings come from RAGSERVE_* environment variables (see README, "Settings").
+    Settings come from RAGSERVE_* environment variables (docs/configuration.md, `ragserve docs settings`).
     Serve the stack with `make serve` (bentoml serve) on 127.0.0.1:3000.
     """
     logging.basicConfig(
@@ -79,7 +79,7 @@ def model_prepare() -> None:
     from bentos.model.store import ModelError, resolve_model
 
     try:
-        click.echo(resolve_model(load_settings()))
+        click.echo(resolve_model(load_settings().engine))
     except ModelError as e:
         raise click.ClickException(str(e)) from None
 
@@ -93,7 +93,7 @@ def search(query: str, k: int, db: str | None) -> None:
     from bentos.retrieval.index import IndexReader
     from bentos.retrieval.retriever import Retriever
 
-    settings = load_settings(db=db)
+    settings = load_settings(db=db).retrieval
     if not query.strip():
         raise click.BadParameter("the query is empty", param_hint="QUERY")
     if not 1 <= k <= settings.max_k:
@@ -105,6 +105,23 @@ def search(query: str, k: int, db: str | None) -> None:
     for i, h in enumerate(r.hits, 1):
         mark = "" if r.relevant and h in r.relevant else "  (below relevance)"
         click.echo(f"[{i}] {h.score:.3f} {h.source} {h.chunk_id}{mark}\n    {h.text[:200]!r}")
+
+
+@main.group(name="docs")
+def docs_group() -> None:
+    """Write the generated documentation."""
+
+
+@docs_group.command("settings")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write it (default docs/configuration.md).")
+def docs_settings(out: Path | None) -> None:
+    """docs/configuration.md: every RAGSERVE_* setting by group, from the field descriptions in bentos/settings.py."""
+    from bentos.tools.config_docs import REFERENCE, write
+
+    try:
+        click.echo(f"wrote {write(out or REFERENCE)}")
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
 
 
 @main.group(name="eval")
@@ -153,7 +170,7 @@ def eval_retrieval_cmd(
         raise click.UsageError("--docs and --queries go together: the documents, and the queries whose gold names them")
     try:
         evalset = load_squad(squad, part) if squad else load_generic(docs, queries, part)
-        result = eval_retrieval(load_settings(), evalset, db)
+        result = eval_retrieval(load_settings().retrieval, evalset, db)
     except EvalDataError as e:
         raise click.ClickException(str(e)) from None
     anchors = result.pop("baselines")
@@ -231,7 +248,9 @@ def eval_cache_cmd(squad: Path, paraphrases: Path, pairs: Path, max_false_hits: 
 
     settings = load_settings()
     try:
-        result = eval_cache(embedder_for(settings), squad, paraphrases, settings.cache_min_similarity, max_false_hits, pairs)
+        result = eval_cache(
+            embedder_for(settings.retrieval), squad, paraphrases, settings.cache.cache_min_similarity, max_false_hits, pairs
+        )
     except EvalDataError as e:
         raise click.ClickException(str(e)) from None
     for split, kinds in result["pairs"].items():
@@ -335,7 +354,7 @@ def load_guard(settings: Settings, guard_model=None):
     from bentos.retrieval.embedder import embedder_for
 
     try:
-        return Guard(settings, guard_model=guard_model), embedder_for(settings)
+        return Guard(settings.guard, guard_model=guard_model), embedder_for(settings.retrieval)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -348,14 +367,14 @@ def guard_model_at(settings: Settings, url: str, name: str | None):
 
     url = url.rstrip("/").removesuffix("/v1")
     if name is None:
-        key = settings.api_key_value
+        key = settings.web.api_key_value
         try:
             r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10)
             r.raise_for_status()
             name = r.json()["data"][0]["id"]
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
             raise click.ClickException(f"cannot list the models at {url}/v1/models ({e}): give --guard-model-name") from None
-    return guard_model_over(guard_at(url, settings), name, settings)
+    return guard_model_over(guard_at(url, settings.guard), name, settings.guard, settings.web.api_key_value)
 
 
 def print_guard_report(result: dict) -> None:
@@ -417,7 +436,7 @@ def guardrails_train(squad: Path, out: Path | None, max_fp: float, max_fp_ordina
     from bentos.retrieval.embedder import get_embedder
 
     settings = load_settings()
-    path = out or settings.classifier_path
+    path = out or settings.guard.classifier_path
     if not squad.exists():
         click.echo(f"warning: {squad} not found; training without SQuAD questions as benign prompts", err=True)
         squad = None
@@ -427,7 +446,7 @@ def guardrails_train(squad: Path, out: Path | None, max_fp: float, max_fp_ordina
         present = [p for p in evaluation if p.exists()]
         for p in sorted(set(evaluation) - set(present)):
             click.echo(f"warning: {p} not found; not decontaminating against it", err=True)
-        clf, held, _ = train(get_embedder(settings.embed_model, os.cpu_count() or 1), squad, max_fp, present, max_fp_ordinary)
+        clf, held, _ = train(get_embedder(settings.retrieval.embed_model, os.cpu_count() or 1), squad, max_fp, present, max_fp_ordinary)
     except TrainingDataError as e:
         raise click.ClickException(str(e)) from None
     clf.save(path)

@@ -24,7 +24,7 @@ from bentos.retrieval.embedder import embedder_for
 from bentos.retrieval.index import ChunkingConfig, IndexStore
 from bentos.retrieval.retriever import Retriever
 from bentos.retrieval.search import fts_terms
-from bentos.settings import Settings
+from bentos.settings import RetrievalSettings
 from bentos.tools.devsets import part_of
 
 DEPTH = 10  # MRR@10; also how many distinct sources each ranking keeps
@@ -151,7 +151,7 @@ def baselines(evalset: EvalSet, embedder, folder: str) -> dict[str, dict[str, fl
     return out
 
 
-def eval_retrieval(settings: Settings, evalset: EvalSet, db: str | None = None, with_baselines: bool = True) -> dict:
+def eval_retrieval(settings: RetrievalSettings, evalset: EvalSet, db: str | None = None, with_baselines: bool = True) -> dict:
     if db is None:
         with tempfile.TemporaryDirectory(prefix="ragserve-eval-") as tmp:  # removed afterwards
             return eval_retrieval(settings, evalset, tmp, with_baselines)

@@ -6,12 +6,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from bentos.settings import WebSettings
 from bentos.web.errors import APIError, install_error_handlers
 from bentos.web.logs import AccessLog
 from bentos.web.middleware import Backpressure, BearerAuth
 
 
-def openai_app(settings, title: str, description: str, access_logger: str) -> FastAPI:
+def openai_app(settings: WebSettings, title: str, description: str, access_logger: str) -> FastAPI:
     """A FastAPI app for a /v1 mount: OpenAI-shaped errors, bearer auth, a bounded queue, and the
     access log outermost (so 401s and 429s are logged too)."""
     app = FastAPI(title=title, description=description)

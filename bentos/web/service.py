@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from bentos.settings import Settings, get_settings
+from bentos.settings import Settings, WebSettings, get_settings
 from bentos.web.logs import setup_service_logging
 from bentos.web.middleware import ResponseTimeout
 
@@ -17,13 +17,13 @@ def service_settings() -> Settings:
     `bentoml serve` stops at once (BentoML respawns a worker that fails later forever), and
     our JSON logging set up."""
     settings = get_settings()
-    settings.check_bind(requested_host(settings))
+    settings.web.check_bind(requested_host(settings.web))
     use_response_timeout()
-    setup_service_logging(settings.log_level)
+    setup_service_logging(settings.web.log_level)
     return settings
 
 
-def service_options(settings: Settings) -> dict:
+def service_options(settings: WebSettings) -> dict:
     """`@bentoml.service` options both services share. One worker per replica: the engine (and
     the gateway's embedder) batch concurrent requests themselves."""
     http: dict = {"port": settings.port}
@@ -42,7 +42,7 @@ def use_response_timeout() -> None:
     traffic.TimeoutMiddleware = ResponseTimeout
 
 
-def requested_host(settings: Settings) -> str:
+def requested_host(settings: WebSettings) -> str:
     """The address `bentoml serve` was asked to bind: --host, then BENTOML_HOST, then our setting."""
     argv = sys.argv[1:]
     if argv[:1] == ["serve"]:
@@ -65,7 +65,7 @@ def listening_address() -> tuple[str, int] | None:
     return tuple(name[:2]) if isinstance(name, tuple) else None
 
 
-def check_worker_socket(settings: Settings) -> None:
+def check_worker_socket(settings: WebSettings) -> None:
     """Run in each worker: the import-time check cannot see every way an address is chosen."""
     address = listening_address()
     if address is not None:
