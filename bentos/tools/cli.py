@@ -55,7 +55,7 @@ class IntList(click.ParamType):
 def main(verbose: bool) -> None:
     """Guarded, retrieval-augmented chat on vLLM, served with BentoML.
 
-    Settings come from RAGSERVE_* environment variables (see README, "Settings").
+    Settings come from RAGSERVE_* environment variables (see docs/configuration.md).
     Serve the stack with `make serve` (bentoml serve) on 127.0.0.1:3000.
     """
     logging.basicConfig(
