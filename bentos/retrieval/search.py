@@ -6,7 +6,7 @@ whatever the corpus. Scores, not ranks: ranks throw away how far ahead the best 
 (reciprocal-rank fusion lost on both development sets). Chosen by the mean R@1 and R@5 over two
 development sets, SQuAD paragraphs and FAQs Debian ships (`ragserve eval faq-set`), on their dev
 parts: 0.843 against 0.822 for raw cosine + 1.0 x BM25 over 50 candidates, which fitted SQuAD
-alone (README).
+alone (docs/evaluation.md, "Retrieval").
 """
 
 from __future__ import annotations
