@@ -1,4 +1,4 @@
-"""What the guardrail actions in guardrails/actions.py do, with the state they need."""
+"""What the guardrail actions (guardrails/actions/<rail>/actions.py) do, with the state they need."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ class Handle:
 
 
 class Detectors:
-    """Registered with NeMo as the ``detectors`` action parameter."""
+    """Registered with NeMo as the ``detectors`` action parameter by the gateway; built from the
+    config folder by ``bentos.guard.rails.detectors_for`` where nothing registered one (NeMo's own
+    server or chat)."""
 
     def __init__(
         self,
@@ -59,6 +61,19 @@ class Detectors:
         self.chunk_threshold = float(custom.get("chunk_attack_threshold", 0.9))
         self.footer = custom.get("citation_footer", "Sources:")
         self.ask_model = ask_model  # set when self-check rails are on
+        self._embedder = None
+
+    def vector(self, text: str, vector: Handle | None) -> np.ndarray:
+        """The query's embedding: the gateway hands over the one retrieval computed; NeMo's own
+        runtime hands none (an action argument naming an unset variable arrives as its name,
+        "$query_vector"), so it is computed here with the same embedder."""
+        if isinstance(vector, Handle):
+            return vector.value
+        if self._embedder is None:
+            from bentos.retrieval.embedder import get_embedder
+
+            self._embedder = get_embedder()
+        return self._embedder.embed([text])[0]
 
     def mask(self, text: str, stage: str) -> str:
         masked, counts = pii.mask(text)
@@ -66,9 +81,11 @@ class Detectors:
             GUARD_METRICS.masked.labels(stage=stage, kind=kind).inc(n)
         return masked
 
-    def screen_prompt(self, text: str, vector: Handle) -> str | None:
+    def screen_prompt(self, text: str, vector: Handle | None) -> str | None:
         enforce = self.modes.enforce
-        return enforce("rules", rules.verdict(text), text) or enforce("classifier", self.classifier_verdict(text, vector.value), text)
+        return enforce("rules", rules.verdict(text), text) or enforce(
+            "classifier", self.classifier_verdict(text, self.vector(text, vector)), text
+        )
 
     def classifier_verdict(self, text: str, vector: np.ndarray) -> str | None:
         if len(text.split()) < self.classifier.meta.get("min_words", 1):  # chosen on validation (training.py)
@@ -90,9 +107,12 @@ class Detectors:
                 out["guard_model"] = "guard_model_error"
         return out
 
-    def screen_chunks(self, chunks: Handle) -> list[int]:
+    def screen_chunks(self, chunks: Handle | None) -> list[int] | None:
         """Indexes of the chunks to keep: a chunk that instructs the model is an indirect
-        prompt injection and never reaches the prompt. ``chunks``: (texts, vectors)."""
+        prompt injection and never reaches the prompt. ``chunks``: (texts, vectors); None (NeMo's
+        own runtime, which hands the rail no chunks of ours): nothing to screen."""
+        if not isinstance(chunks, Handle):
+            return None
         texts, vectors = chunks.value
         if not texts:
             return []
@@ -116,14 +136,18 @@ class Detectors:
         return f"{text.rstrip()}\n\n{self.footer} {listed}"
 
     async def self_check(self, stage: str, text: str) -> str | None:
+        """None (passed) when self-checks are off: no model to ask (RAGSERVE_GUARD_SELF_CHECK)."""
         if self.ask_model is None:
-            raise RuntimeError("self-check rails are on but no model is connected to ask")
+            return None
         answer = await self.ask_model(SELF_CHECK_PROMPTS[stage].format(text=text))
         return self.modes.enforce("self_check", f"self_check_{stage}" if answer.strip().lower().startswith("yes") else None, text)
 
     async def guard_model_check(self, stage: str, user: str, answer: str | None = None) -> str | None:
         """``guard_model:<categories>`` when the guard model finds the turn unsafe (the gateway
-        splits it into the rail and its categories), None when safe; raises when it cannot tell."""
+        splits it into the rail and its categories), None when safe or when no guard model is
+        connected (RAGSERVE_GUARD_MODEL unset); raises when it cannot tell."""
+        if self.guard_model is None:
+            return None
         return self.modes.enforce("guard_model", await self.guard_model_verdict(stage, user, answer), answer or user)
 
     async def guard_model_verdict(self, stage: str, user: str, answer: str | None = None) -> str | None:

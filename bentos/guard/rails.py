@@ -1,9 +1,12 @@
-"""The gateway's side of the guardrails: the NeMo Guardrails config in ``guardrails/``, run one
-stage at a time through NeMo's event API.
+"""The gateway's side of the guardrails: the NeMo Guardrails config in ``guardrails/``, one folder
+per rail, run one stage at a time through NeMo's event API.
 
-Each stage sends one event (CheckInput, CheckRetrieval, CheckOutput) and reads the one result
-event its Colang flow creates. Anything else, an exception in an action included, fails closed:
-the request is refused with ``<stage>_rails_error`` and an error log line, never a 500.
+The rails and their order are the config's ``rails.input.flows``, ``rails.retrieval.flows`` and
+``rails.output.flows``; ``stages.co`` (beside this file) runs each list from one event
+(CheckInput, CheckRetrieval, CheckOutput) and creates one result event. A rail that blocks
+creates an Input/OutputRailException naming itself (NeMo's rails exceptions, which this turns
+on). Anything else, an exception in an action included, fails closed: the request is refused
+with ``<stage>_rails_error`` and an error log line, never a 500.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -27,19 +32,96 @@ from bentos.settings import GuardSettings
 log = logging.getLogger("bentos.guard")
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that request."
+STAGES = Path(__file__).with_name("stages.co")
 
 
 @dataclass
 class Decision:
     text: str = ""  # the checked (masked) text when passed
     blocked_by: str | None = None
-    kept: list[int] | None = None  # retrieval stage: indexes of the chunks kept
+    kept: list[int] | None = None  # retrieval stage: indexes of the chunks kept (None: all)
     categories: list[str] | None = None  # guard model: the hazard categories it named
 
     @property
     def refusal_details(self) -> dict:
         """What a refusal's ``guardrails`` field says."""
         return {"blocked_by": self.blocked_by, **({"categories": self.categories} if self.categories is not None else {})}
+
+
+def build_detectors(
+    settings: Settings, custom: dict, ask_model: Callable[[str], Awaitable[str]] | None = None, guard_model: GuardModel | None = None
+) -> Detectors:
+    """The rails' state: the classifier, the config's custom_data, report-only rails (the config's
+    list and RAGSERVE_GUARD_REPORT_ONLY's together), the model to ask when self-checks are on."""
+    report_only = parse_rails(custom.get("report_only"), f"{settings.guardrails_config}/config.yml custom_data.report_only")
+    modes = Modes([*report_only, *parse_rails(settings.guard_report_only, "RAGSERVE_GUARD_REPORT_ONLY")])
+    ask = ask_model if settings.guard_self_check else None
+    detectors = Detectors(PromptClassifier.load(settings.classifier_path), custom, ask, guard_model, modes)
+    detectors.mask("warm-up", "startup")  # builds Presidio's analyzer now, not on the first request
+    return detectors
+
+
+@cache
+def _detectors_from_folder(folder: str) -> Detectors:
+    from nemoguardrails import RailsConfig
+
+    settings = Settings(guardrails_config=Path(folder))
+    return build_detectors(settings, RailsConfig.from_path(folder).custom_data or {})
+
+
+def detectors_for(config, detectors: Detectors | None) -> Detectors:
+    """What a rail's action works with: the gateway's (registered as the ``detectors`` action
+    parameter), or, in NeMo's own runtime (`nemoguardrails server`/`chat`, where nothing registers
+    one), one built once from the config folder: its classifier (model/prompt_classifier.npz) and
+    custom_data; the query embedding is then computed by the rail itself."""
+    if detectors is not None:
+        return detectors
+    if config is None or not config.config_path:
+        raise RuntimeError("no `detectors` registered and no config folder to build them from")
+    return _detectors_from_folder(config.config_path.split(",")[0])
+
+
+def load_config(folder: Path):
+    """The config folder as the gateway runs it: its rails, plus the stage flows, with rails
+    exceptions on (how a blocking rail names itself) and no model (the gateway calls none
+    through NeMo: the self-check asks the served model through the gateway's own connection)."""
+    from nemoguardrails import RailsConfig
+
+    if not (folder / "config.yml").exists():
+        raise FileNotFoundError(f"no NeMo Guardrails config at {folder}: set RAGSERVE_GUARDRAILS_CONFIG to the guardrails/ folder")
+    config = RailsConfig.from_path(str(folder))
+    if config.colang_version != "1.0":
+        raise ValueError(f"{folder}/config.yml: colang_version {config.colang_version!r}; the gateway runs Colang 1.0 rails")
+    config.flows.extend(stage_flows(config, folder))
+    config.enable_rails_exceptions = True
+    config.models = []
+    return config
+
+
+def stage_flows(config, folder: Path) -> list[dict]:
+    """The flows of stages.co, each ``do rails.<stage>.flows`` replaced by the bodies of the flows
+    that config lists there, in order (a rail's ``stop`` then ends its stage, as in NeMo's own
+    pipeline; Colang 1.0's jumps are relative, so a body keeps working where it is put)."""
+    from nemoguardrails.colang import parse_colang_file
+
+    defined = {f["id"]: f for f in config.flows}
+
+    def bodies(stage: str) -> list[dict]:
+        out = []
+        for name in getattr(config.rails, stage).flows:
+            if name not in defined:
+                raise ValueError(f"{folder}/config.yml: rails.{stage}.flows lists {name!r}, which no .co file in {folder} defines")
+            out += [dict(e) for e in defined[name]["elements"] if e.get("_type") != "meta"]
+        return out
+
+    flows = parse_colang_file(STAGES.name, STAGES.read_text())["flows"]
+    for flow in flows:
+        flow["elements"] = [
+            x
+            for e in flow["elements"]
+            for x in (bodies(e["flow_name"].split(".")[1]) if e.get("_type") == "flow" and e["flow_name"].startswith("rails.") else [e])
+        ]
+    return flows
 
 
 class Guard:
@@ -49,38 +131,30 @@ class Guard:
         ask_model: Callable[[str], Awaitable[str]] | None = None,
         guard_model: GuardModel | None = None,
     ):
-        from nemoguardrails import LLMRails, RailsConfig
+        from nemoguardrails import LLMRails
 
         logging.getLogger("nemoguardrails").setLevel(logging.WARNING)  # it logs a stats line per call
-        if not (settings.guardrails_config / "config.yml").exists():
-            raise FileNotFoundError(
-                f"no NeMo Guardrails config at {settings.guardrails_config}: set RAGSERVE_GUARDRAILS_CONFIG to the guardrails/ folder"
-            )
-        config = RailsConfig.from_path(str(settings.guardrails_config))
-        custom = config.custom_data or {}
-        self.refusal = custom.get("refusal", DEFAULT_REFUSAL)
+        config = load_config(settings.guardrails_config)
+        self.refusal = (config.bot_messages.get("refuse to respond") or [DEFAULT_REFUSAL])[0]
         self.self_check = settings.guard_self_check
         if self.self_check and ask_model is None:
             raise ValueError("RAGSERVE_GUARD_SELF_CHECK=true needs a model to ask")
-        # report-only rails: the config's list and RAGSERVE_GUARD_REPORT_ONLY's, together
-        report_only = parse_rails(custom.get("report_only"), f"{settings.guardrails_config}/config.yml custom_data.report_only")
-        modes = Modes([*report_only, *parse_rails(settings.guard_report_only, "RAGSERVE_GUARD_REPORT_ONLY")])
-        self.detectors = Detectors(PromptClassifier.load(settings.classifier_path), custom, ask_model, guard_model, modes)
-        self.detectors.mask("warm-up", "startup")  # builds Presidio's analyzer now, not on the first request
+        self.detectors = build_detectors(settings, config.custom_data or {}, ask_model, guard_model)
         self.rails = LLMRails(config)
         self.rails.register_action_param("detectors", self.detectors)
 
-    async def _run(self, stage: str, event: dict, passed: str, blocked: str) -> Decision:
+    async def _run(self, stage: str, event: dict, passed: str) -> Decision:
         t0 = time.perf_counter()
+        blocked = f"{stage.capitalize()}RailException"
         try:
             for e in await self.rails.generate_events_async(events=[event]):
                 if e["type"] == passed:
                     return Decision(text=e.get("text", ""), kept=e.get("kept"))
                 if e["type"] == blocked:
-                    rail, has_categories, categories = e["rail"].partition(":")  # "guard_model:S1,S9"
+                    rail, has_categories, categories = str(e["message"]).partition(":")  # "guard_model:S1,S9"
                     GUARD_METRICS.blocked.labels(rail=rail, category=categories).inc()
                     return Decision(blocked_by=rail, categories=categories.split(",") if has_categories else None)
-            raise RuntimeError(f"the {stage} flow ended without {passed} or {blocked}")
+            raise RuntimeError(f"the {stage} stage ended without {passed} or {blocked}")
         except Exception as e:  # fail closed: a rail that cannot decide refuses
             rail = f"{stage}_rails_error"
             GUARD_METRICS.errors.labels(stage=stage).inc()
@@ -93,22 +167,15 @@ class Guard:
             GUARD_METRICS.seconds.labels(stage=stage).observe(time.perf_counter() - t0)
 
     async def check_input(self, text: str, vector: np.ndarray) -> Decision:
-        return await self._run(
-            "input",
-            {
-                "type": "CheckInput",
-                "text": text,
-                "vector": Handle(np.asarray(vector, dtype=np.float32), "query vector"),
-                "self_check": self.self_check,
-                "guard_model": self.guard_model,
-            },
-            "InputChecked",
-            "InputBlocked",
-        )
+        event = {"type": "CheckInput", "text": text, "vector": Handle(np.asarray(vector, dtype=np.float32), "query vector")}
+        return await self._run("input", event, "InputChecked")
 
     async def check_retrieval(self, texts: list[str], vectors: list[np.ndarray]) -> Decision:
         chunks = Handle((texts, [np.asarray(v, dtype=np.float32) for v in vectors]), f"{len(texts)} chunks")
-        return await self._run("retrieval", {"type": "CheckRetrieval", "chunks": chunks}, "RetrievalChecked", "RetrievalBlocked")
+        d = await self._run("retrieval", {"type": "CheckRetrieval", "chunks": chunks}, "RetrievalChecked")
+        if d.blocked_by is None and d.kept is None:  # no retrieval rail listed: every chunk stays
+            d.kept = list(range(len(texts)))
+        return d
 
     async def check_output(
         self, text: str, sources: list[str], prompt: str = "", format_fixed: bool = False, partial: bool = False
@@ -122,10 +189,8 @@ class Guard:
             "sources": sources,
             "format_fixed": format_fixed,
             "partial": partial,
-            "self_check": self.self_check,
-            "guard_model": self.guard_model,
         }
-        return await self._run("output", event, "OutputChecked", "OutputBlocked")
+        return await self._run("output", event, "OutputChecked")
 
     @property
     def guard_model(self) -> bool:
