@@ -19,8 +19,8 @@ import pytest
 from nemoguardrails import RailsConfig
 
 from bentos.guard.rails import Guard
-from bentos.settings import Settings
-from conftest import ROOT, another_gateway, model_service_url
+from bentos.settings import GuardSettings
+from conftest import ROOT, another_gateway
 
 CONFIG = ROOT / "guardrails"
 PROMOTION = [r for r in map(json.loads, (ROOT / "infra" / "eval" / "promotion.jsonl").read_text().splitlines()) if "prompt" in r]
@@ -64,7 +64,7 @@ def with_codeword_rail(tmp_path: Path) -> Path:
 
 
 def guard_over(config: Path) -> Guard:
-    return Guard(Settings(guardrails_config=config, guard_classifier=Settings().classifier_path))
+    return Guard(GuardSettings(guardrails_config=config, guard_classifier=GuardSettings().classifier_path))
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_nemo_own_runtime_decides_as_the_gateway_without_it(embed):
     from nemoguardrails import LLMRails
 
     own = LLMRails(RailsConfig.from_path(str(CONFIG)))
-    gateway = Guard(Settings())
+    gateway = Guard(GuardSettings())
 
     async def refused_by_nemo(text: str) -> bool:
         res = await own.generate_async(messages=[{"role": "user", "content": text}], options={"rails": ["input"]})
@@ -152,15 +152,25 @@ def test_a_new_rail_refuses_through_the_gateway(stack, tmp_path, monkeypatch):
         assert 'ragserve_guardrail_blocked_total{category="",rail="codeword"} 1.0' in metrics
 
 
+def engine_url(stack) -> str:
+    """The session's vLLM engine (its OpenAI server on a loopback port): the model service itself
+    listens on a Unix socket, which NeMo's OpenAI model config cannot reach."""
+    for proc in stack.server.children(recursive=True):
+        cmd = proc.cmdline()
+        if "vllm.entrypoints.openai.api_server" in cmd and "--port" in cmd:
+            return f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"
+    raise RuntimeError(f"no vLLM engine under `bentoml serve` (pid {stack.server.pid})")
+
+
 @pytest.mark.stack
 def test_nemo_server_reaches_the_gateways_decisions(stack, tmp_path):
-    """`nemoguardrails server --config guardrails` in front of the session's model service (its
+    """`nemoguardrails server --config guardrails` in front of the session's vLLM engine (its
     OpenAI-compatible /v1, via NeMo's MAIN_MODEL_BASE_URL), against the gateway, on every prompt
     of infra/eval/promotion.jsonl: the same ones refused, the same ones answered."""
     import openai
 
-    model_url = model_service_url(stack)
-    model = httpx.get(f"{model_url}/v1/models", headers={"Authorization": f"Bearer {stack.api_key}"}, timeout=30).json()["data"][0]["id"]
+    model_url = engine_url(stack)
+    model = httpx.get(f"{model_url}/v1/models", timeout=30).json()["data"][0]["id"]
     from bentos.model.engine import free_port
 
     port = free_port()

@@ -9,7 +9,7 @@ any other failure (timeout, HTTP error, unparseable text) raises, and the rail f
 
 A guard family is one ``GuardFormat``: how a conversation becomes messages, the answer's regex and
 how the answer becomes a verdict. To add one (ShieldGemma, Granite Guardian), write its format and
-add it to ``FORMATS``; README "Guard model" says more.
+add it to ``FORMATS``; docs/architecture.md, "Guard model", says more.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 for what Presidio leaves to a model's named entities (names, street addresses), to the number plan
 (phone numbers, by shape here) or to nothing (dates of birth); and the numbers never to mask.
 
-No English spaCy model with verifiable provenance ships on the package registry (README, "Personal
+No English spaCy model with verifiable provenance ships on the package registry (docs/guardrails.md, "Personal
 data"), so names come from a lexicon: the given names and surnames that Faker ships for its
 Latin-script locales, found where the text says a name is coming (a title, "my name is") or as a
 known given name followed by a capitalised surname. Production deployments that install a spaCy

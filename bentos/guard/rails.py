@@ -49,7 +49,7 @@ class Decision:
 
 
 def build_detectors(
-    settings: Settings, custom: dict, ask_model: Callable[[str], Awaitable[str]] | None = None, guard_model: GuardModel | None = None
+    settings: GuardSettings, custom: dict, ask_model: Callable[[str], Awaitable[str]] | None = None, guard_model: GuardModel | None = None
 ) -> Detectors:
     """The rails' state: the classifier, the config's custom_data, report-only rails (the config's
     list and RAGSERVE_GUARD_REPORT_ONLY's together), the model to ask when self-checks are on."""
@@ -65,7 +65,7 @@ def build_detectors(
 def _detectors_from_folder(folder: str) -> Detectors:
     from nemoguardrails import RailsConfig
 
-    settings = Settings(guardrails_config=Path(folder))
+    settings = GuardSettings(guardrails_config=Path(folder))
     return build_detectors(settings, RailsConfig.from_path(folder).custom_data or {})
 
 
