@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from bentos.tools.launch import answers, wait_for
 from bentos.tools.loadgen import run_load
 from bentos.web.metrics import samples
+from bentos.web.timing import FeltMetrics
 
 
 @dataclass
@@ -211,15 +212,14 @@ def performance(
 # --- watching a traffic step from metrics ---------------------------------------------------------
 
 
-HISTOGRAMS = {  # SlotCounts field -> the router's histogram
-    "buckets": "ragserve_router_response_seconds",
-    "ttft": "ragserve_router_ttft_seconds",
-    "total": "ragserve_router_total_seconds",
-}
-PACE_COUNTERS = {  # SlotCounts field -> the router's counter
-    "chunks": "ragserve_router_stream_chunks_total",
-    "stream_s": "ragserve_router_stream_seconds_total",
-}
+def felt_series(prefix: str) -> tuple[dict[str, str], dict[str, str]]:
+    """SlotCounts field -> the felt-latency histogram, and -> the counter's sample, under ``prefix``."""
+    name = FeltMetrics.names(prefix)
+    return {"ttft": name["ttft"], "total": name["total"]}, {"chunks": name["chunks"] + "_total", "stream_s": name["seconds"] + "_total"}
+
+
+ROUTER_FELT, PACE_COUNTERS = felt_series("ragserve_router")  # the router's, per slot (infra/router.py)
+HISTOGRAMS = {"buckets": "ragserve_router_response_seconds", **ROUTER_FELT}
 
 
 @dataclass
@@ -312,11 +312,7 @@ def router_counts(metrics_text: str) -> dict[str, SlotCounts]:
     return counts
 
 
-GATEWAY_HISTOGRAMS = {  # SlotCounts field -> the gateway's own histogram (bentos/web/timing.py)
-    "ttft": "ragserve_chat_ttft_seconds",
-    "total": "ragserve_chat_total_seconds",
-}
-GATEWAY_PACE_COUNTERS = {"chunks": "ragserve_chat_stream_chunks_total", "stream_s": "ragserve_chat_stream_seconds_total"}
+GATEWAY_HISTOGRAMS, GATEWAY_PACE_COUNTERS = felt_series("ragserve_chat")  # the gateway's own (bentos/web/timing.py)
 
 
 def gateway_counts(metrics_text: str) -> SlotCounts:

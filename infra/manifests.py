@@ -19,7 +19,7 @@ from jsonschema import Draft7Validator
 from .backends import default_kubectl
 
 KSERVE_DIR = Path(__file__).parent / "kserve"
-OVERLAYS = ("blue", "green", "canary", "guarded", "object-store")
+OVERLAYS = ("blue", "green", "canary", "guarded", "object-store", "example")
 REINDEX = ("object-store", "pvc")  # infra/kserve/reindex/<variant>
 MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri
 PORT = 3000

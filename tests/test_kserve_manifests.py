@@ -4,6 +4,8 @@ ServingRuntime validates against KServe's real CRD schemas (unknown fields refus
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +88,58 @@ def test_the_guarded_overlay_adds_a_guard_engine_with_weights_from_the_same_stor
         if e["name"] == "RAGSERVE_GUARD_MODEL":
             e["value"] = "meta-llama/Llama-Guard-3-1B"
     assert any("RAGSERVE_GUARD_MODEL 'meta-llama/Llama-Guard-3-1B' must be a folder under /mnt/models" in e for e in rule_errors(docs))
+
+
+def example_values(kustomization: dict) -> dict[str, str]:
+    """What a user sets in overlays/example/kustomization.yaml: image, storageUri, served model name."""
+    [image] = kustomization["images"]
+    isvc_patch, runtime_patch = (yaml.safe_load(p["patch"]) for p in kustomization["patches"])
+    [name] = [op["value"] for op in runtime_patch if op["op"] == "replace"]
+    return {
+        "image": f"{image['newName']}:{image['newTag']}",
+        "storageUri": isvc_patch["spec"]["predictor"]["model"]["storageUri"],
+        "RAGSERVE_SERVED_MODEL_NAME": name,
+    }
+
+
+def example_rendered_values(docs: list[dict]) -> dict[str, str]:
+    model = by_kind(docs, "InferenceService")["spec"]["predictor"]["model"]
+    return {
+        "image": model["image"],
+        "storageUri": model["storageUri"],
+        "RAGSERVE_SERVED_MODEL_NAME": env_of(docs)["RAGSERVE_SERVED_MODEL_NAME"],
+    }
+
+
+def test_the_example_overlay_sets_image_model_and_storage_uri_from_one_file(rendered, schemas, tmp_path):
+    """docs/kserve.md: a user edits overlays/example/kustomization.yaml only. What it sets lands
+    in the render, which still validates; edited in a copy, the new values land there too."""
+    folder = ROOT / "infra" / "kserve" / "overlays" / "example"
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert example_values(kustomization) == example_rendered_values(rendered["example"])
+    assert example_rendered_values(rendered["example"]) != example_rendered_values(rendered["blue"])
+    [container] = by_kind(rendered["example"], "ServingRuntime")["spec"]["containers"]
+    assert container["image"] == example_values(kustomization)["image"]  # `images:` sets the runtime's too
+
+    mine = tmp_path / "mine"  # the user's copy, outside the repository
+    shutil.copytree(folder, mine)
+    base = os.path.relpath(folder.parent.parent / "base", mine)  # kustomize takes relative paths only
+    text = (mine / "kustomization.yaml").read_text().replace("../../base", base)
+    for old, new in (
+        ("registry.example.com/ragserve", "ghcr.io/acme/ragserve"),
+        ('"1.0.0"', '"2.3.4"'),
+        ("hf://HuggingFaceTB/SmolLM2-1.7B-Instruct", "s3://acme-models/qwen"),
+        ("smollm2-1.7b", "qwen"),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    (mine / "kustomization.yaml").write_text(text)
+    docs = render(str(mine))  # an absolute path: rendered where it is
+    expected = {"image": "ghcr.io/acme/ragserve:2.3.4", "storageUri": "s3://acme-models/qwen", "RAGSERVE_SERVED_MODEL_NAME": "qwen"}
+    assert example_values(yaml.safe_load(text)) == example_rendered_values(docs) == expected
+    for doc in docs:
+        assert schema_errors(doc, schemas) == []
+    assert rule_errors(docs) == []
 
 
 def test_strict_schema_catches_what_kubernetes_would_silently_drop(rendered, schemas):

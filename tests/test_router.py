@@ -185,6 +185,31 @@ def test_admin_api_validates_and_is_guarded(pair):
         assert r.status_code == 405 and "ragserve promote modal" in r.json()["error"]["message"]
 
 
+def test_the_felt_series_are_one_definition_under_each_process_name():
+    """The router's and the gateway's series of what clients feel: same kinds and buckets, the
+    names dashboards and the gates read, and the router's per slot."""
+    from bentos.web.metrics import SERVICE_METRICS
+    from infra.router import RouterMetrics
+
+    def families(registry) -> dict:
+        return {f.name: (f.type, sorted({(s.name.rsplit("_", 1)[-1], s.labels.get("le")) for s in f.samples})) for f in registry.collect()}
+
+    router_registry = RouterMetrics().registry
+    router, gateway = families(router_registry), families(SERVICE_METRICS)
+    kinds = {
+        "ttft_seconds": "histogram",
+        "stream_rate": "histogram",
+        "total_seconds": "histogram",
+        "stream_chunks": "counter",
+        "stream_seconds": "counter",
+    }
+    for suffix, kind in kinds.items():
+        assert router[f"ragserve_router_{suffix}"] == gateway[f"ragserve_chat_{suffix}"], suffix
+        assert router[f"ragserve_router_{suffix}"][0] == kind
+    ttft = [s for f in router_registry.collect() if f.name == "ragserve_router_ttft_seconds" for s in f.samples]
+    assert {s.labels["upstream"] for s in ttft} == {"blue", "green"}
+
+
 def test_histogram_quantile_and_step_verdict():
     c = SlotCounts(ok=100, errors=0, buckets={0.1: 50, 0.5: 90, 1.0: 100, float("inf"): 100})
     assert c.quantile(0.5) == pytest.approx(0.1)

@@ -1,16 +1,17 @@
 """When an answer is felt: a stream's first text and its pace after that, or a whole answer's end.
 
 The router times each slot with it; the gateway times its own chat answers (``FeltLatency``), which
-is what a KServe revision's pods report to Prometheus when no router stands in front of them.
+is what a KServe revision's pods report to Prometheus when no router stands in front of them. Both
+define their series with ``FeltMetrics``; this module imports nothing heavier than Starlette.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bentos.web.metrics import SERVICE_METRICS
@@ -72,43 +73,66 @@ class Timing:
     def total_s(self) -> float | None:
         return None if self.ended is None else self.ended - self.started
 
-    def record(self, ttft, rate, total, chunks, seconds) -> None:
-        """Into the series of what users feel: a stream's first text and pace (a histogram of each
-        stream's, and the counters of chunks and seconds whose ratio is the pace over many streams),
-        or a plain answer's end."""
-        if not self.stream:
-            total.observe(self.total_s)
+
+class FeltMetrics:
+    """The series of what clients feel, defined once for both processes that time answers: the
+    gateway (``ragserve_chat_*``, one series) and the router (``ragserve_router_*``, one per slot).
+    A stream's first text and pace (a histogram of each stream's, and the counters of chunks and
+    seconds whose ratio is the pace over many streams), or a plain answer's end."""
+
+    @staticmethod
+    def names(prefix: str) -> dict[str, str]:
+        """Each series' family name (counters' samples add ``_total``), for readers of /metrics."""
+        return {
+            "ttft": f"{prefix}_ttft_seconds",
+            "rate": f"{prefix}_stream_rate",
+            "chunks": f"{prefix}_stream_chunks",
+            "seconds": f"{prefix}_stream_seconds",
+            "total": f"{prefix}_total_seconds",
+        }
+
+    def __init__(self, prefix: str, answers: str, registry: CollectorRegistry, labels: Sequence[str] = (), each: str = ""):
+        """``answers`` names what is timed in the help texts, ``each`` ends them (", per slot")."""
+        name, kw = self.names(prefix), {"labelnames": labels, "registry": registry}
+        streamed = f"Streamed {answers}:"
+        self.ttft = Histogram(
+            name["ttft"], f"{streamed} time from the request to the first chunk with text{each}.", buckets=FELT_BUCKETS, **kw
+        )
+        self.rate = Histogram(
+            name["rate"], f"{streamed} chunks with text per second after the first (about tokens/s){each}.", buckets=RATE_BUCKETS, **kw
+        )
+        self.chunks = Counter(
+            name["chunks"],
+            f"{streamed} chunks with text after the first, summed over streams (not replays from the answer cache){each}.",
+            **kw,
+        )
+        self.seconds = Counter(
+            name["seconds"], f"{streamed} seconds from the first chunk with text to the end, summed over the same streams{each}.", **kw
+        )
+        ended = f"{answers.capitalize()} not streamed: time from the request to the end of the body{each}."
+        self.total = Histogram(name["total"], ended, buckets=FELT_BUCKETS, **kw)
+
+    def series(self, *labels: str) -> tuple:
+        """The five series (of these label values, when the metrics have labels)."""
+        every = (self.ttft, self.rate, self.chunks, self.seconds, self.total)
+        return tuple(m.labels(*labels) for m in every) if labels else every
+
+    def record(self, timing: Timing, *labels: str) -> None:
+        """One finished answer's timing."""
+        ttft, rate, chunks, seconds, total = self.series(*labels)
+        if not timing.stream:
+            total.observe(timing.total_s)
             return
-        if self.ttft_s is not None:
-            ttft.observe(self.ttft_s)
-        if (paced := self.paced) is not None:
+        if timing.ttft_s is not None:
+            ttft.observe(timing.ttft_s)
+        if (paced := timing.paced) is not None:
             rate.observe(paced[0] / paced[1])
             chunks.inc(paced[0])
             seconds.inc(paced[1])
 
 
-CHAT_TTFT = Histogram(
-    "ragserve_chat_ttft_seconds",
-    "Streamed chat answers: time from the request to the first chunk with text.",
-    buckets=FELT_BUCKETS,
-    registry=SERVICE_METRICS,
-)
-CHAT_STREAM_RATE = Histogram(
-    "ragserve_chat_stream_rate",
-    "Streamed chat answers: chunks with text per second after the first (about tokens/s).",
-    buckets=RATE_BUCKETS,
-    registry=SERVICE_METRICS,
-)
-CHAT_STREAM_CHUNKS = Counter(
-    "ragserve_chat_stream_chunks",
-    "Streamed chat answers: chunks with text after the first, summed over streams (not replays from the answer cache).",
-    registry=SERVICE_METRICS,
-)
-CHAT_STREAM_SECONDS = Counter(
-    "ragserve_chat_stream_seconds",
-    "Streamed chat answers: seconds from the first chunk with text to the end, summed over the same streams.",
-    registry=SERVICE_METRICS,
-)
+CHAT_FELT = FeltMetrics("ragserve_chat", "chat answers", SERVICE_METRICS)
+
 # Where a chat request's time goes before its first text leaves (or its answer, not streamed), one
 # label per step: the gateway's steps (bentos/chat/steps.py) and the relay hops after them, and the
 # model service's own wait for vLLM. Both services' processes write it; /metrics sums them.
@@ -119,17 +143,11 @@ CHAT_STEPS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5),
     registry=SERVICE_METRICS,
 )
-CHAT_TOTAL = Histogram(
-    "ragserve_chat_total_seconds",
-    "Chat answers not streamed: time from the request to the end of the body.",
-    buckets=FELT_BUCKETS,
-    registry=SERVICE_METRICS,
-)
 
 
 class FeltLatency:
     """ASGI middleware: each answered chat request (status below 400) timed as the client feels it,
-    into the three ``ragserve_chat_*`` histograms."""
+    into ``CHAT_FELT``."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -153,4 +171,4 @@ class FeltLatency:
 
         await self.app(scope, receive, send_timed)
         if status < 400 and timing.finished:
-            timing.record(CHAT_TTFT, CHAT_STREAM_RATE, CHAT_TOTAL, CHAT_STREAM_CHUNKS, CHAT_STREAM_SECONDS)
+            CHAT_FELT.record(timing)
