@@ -359,6 +359,7 @@ class ReleaseSettings(BaseSettings):
     router_port: int = Field(3000, ge=1, le=65535, description="`ragserve router --port`.")
     router_state: Path | None = Field(None, description="`ragserve router --state`: file that keeps the routing table across restarts.")
     router_timeout_s: float = Field(300.0, gt=0, description="`ragserve router --timeout`: seconds an upstream may take.")
+    router_max_body_bytes: int = Field(8 << 20, gt=0, description="`ragserve router --max-body-bytes`: largest body the router relays.")
     router_admin_key: SecretStr | None = Field(
         None, description="Bearer key for PUT /-/traffic and GET /-/shadow on the router; `ragserve promote` sends it."
     )

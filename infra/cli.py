@@ -38,6 +38,13 @@ def release(name: str):
     help="Seconds an upstream may take.",
 )
 @click.option(
+    "--max-body-bytes",
+    default=release("router_max_body_bytes"),
+    show_default="8 MiB, RAGSERVE_ROUTER_MAX_BODY_BYTES",
+    type=click.IntRange(min=1),
+    help="Largest request body relayed; a larger one gets 413.",
+)
+@click.option(
     "--shadow-concurrency", default=4, show_default=True, type=click.IntRange(min=1), help="Copies to a shadow slot in flight at once."
 )
 @click.option(
@@ -55,6 +62,7 @@ def router(
     port: int,
     state: Path | None,
     timeout_s: float,
+    max_body_bytes: int,
     shadow_concurrency: int,
     shadow_queue: int,
     shadow_keep_text: bool,
@@ -89,6 +97,7 @@ def router(
         store,
         admin_key,
         timeout_s,
+        max_body_bytes=max_body_bytes,
         shadow_concurrency=shadow_concurrency,
         shadow_queue=shadow_queue,
         shadow_keep_text=shadow_keep_text,

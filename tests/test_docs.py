@@ -161,12 +161,12 @@ def test_the_demo_corpus_answers_the_promotion_eval_sets_retrieval_questions(tmp
     """infra/eval/promotion.jsonl's retrieval cases name pages of docs/ (the demo corpus that
     `ragserve index docs/` and the benches index): moving text between pages must keep them true."""
     from bentos.retrieval.retriever import Retriever
-    from bentos.settings import Settings
+    from bentos.settings import RetrievalSettings
     from conftest import build_index
     from infra.gates import read_eval_set
 
     build_index(tmp_path / "db", ROOT / "docs")
-    retriever = Retriever(Settings().model_copy(update={"db": str(tmp_path / "db")}))
+    retriever = Retriever(RetrievalSettings(db=str(tmp_path / "db")))
     missed = {}
     for case in read_eval_set(ROOT / "infra" / "eval" / "promotion.jsonl"):
         if case.query:
