@@ -35,6 +35,7 @@ def release(name: str):
     "timeout_s",
     default=release("router_timeout_s"),
     show_default="300, RAGSERVE_ROUTER_TIMEOUT_S",
+    type=click.FloatRange(min=0, min_open=True),
     help="Seconds an upstream may take.",
 )
 @click.option(

@@ -295,6 +295,9 @@ def test_modal_backend_moves_weights_in_the_dict(stack, monkeypatch, eval_set):
     Dict; the candidate is a new revision of the live release."""
     import modal
 
+    deploy_env = Path(eval_set).parent / "deploy.env"  # the Modal apps are built from a chosen env file
+    deploy_env.write_text("RAGSERVE_MODAL_ALLOW_DEMO=true\n")
+    monkeypatch.setenv("RAGSERVE_MODAL_ENV_FILE", str(deploy_env))
     import modal_apps.router as modal_router
 
     fake_dict: dict = {}

@@ -134,6 +134,38 @@ def test_router_reads_a_modal_dict_without_blocking_its_event_loop(pair):
     assert d.blocking_reads == 0
 
 
+@pytest.mark.parametrize("timeout_env", [None, "45"])
+def test_the_router_command_relays_with_its_option_defaults(pair, tmp_path, timeout_env):
+    """`ragserve router` as users start it: the defaults come from settings (typed, not strings)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bentos.model.engine import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSERVE_ROUTER_")}
+    if timeout_env:
+        env["RAGSERVE_ROUTER_TIMEOUT_S"] = timeout_env
+    cmd = [str(Path(sys.executable).parent / "ragserve"), "router", "--blue", pair["blue"], "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--state", str(tmp_path / "t.json")], env=env, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/livez")
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the router did not start"
+                time.sleep(0.2)
+        assert who(url, 3) == ["blue"] * 3
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_router_follows_weights_atomically(pair):
     store = MemoryStore(table(pair))
     with serving(create_router_app(store)) as router:
