@@ -81,10 +81,12 @@ def detectors_for(config, detectors: Detectors | None) -> Detectors:
     return _detectors_from_folder(config.config_path.split(",")[0])
 
 
-def load_config(folder: Path):
+def load_config(folder: Path, idle_actions: frozenset[str] = frozenset()):
     """The config folder as the gateway runs it: its rails, plus the stage flows, with rails
     exceptions on (how a blocking rail names itself) and no model (the gateway calls none
-    through NeMo: the self-check asks the served model through the gateway's own connection)."""
+    through NeMo: the self-check asks the served model through the gateway's own connection).
+    A listed rail whose every action is in ``idle_actions`` (nothing to ask: no guard model, the
+    self-check off) is left out of the stages: each NeMo action call costs about 0.2 ms."""
     from nemoguardrails import RailsConfig
 
     if not (folder / "config.yml").exists():
@@ -92,13 +94,19 @@ def load_config(folder: Path):
     config = RailsConfig.from_path(str(folder))
     if config.colang_version != "1.0":
         raise ValueError(f"{folder}/config.yml: colang_version {config.colang_version!r}; the gateway runs Colang 1.0 rails")
-    config.flows.extend(stage_flows(config, folder))
+    stages = stage_flows(config, folder, idle_actions)
+    # The listed rails run inlined in the stages; left defined, NeMo would match every event
+    # against each of them too (measured: twice the flow-state updates, +0.8 ms per request).
+    listed = {name for stage in ("input", "retrieval", "output") for name in getattr(config.rails, stage).flows}
+    config.flows = [f for f in config.flows if f["id"] not in listed] + stages
+    for stage in ("input", "retrieval", "output"):  # the stages run them; NeMo's own pipeline is not used
+        getattr(config.rails, stage).flows = []
     config.enable_rails_exceptions = True
     config.models = []
     return config
 
 
-def stage_flows(config, folder: Path) -> list[dict]:
+def stage_flows(config, folder: Path, idle_actions: frozenset[str] = frozenset()) -> list[dict]:
     """The flows of stages.co, each ``do rails.<stage>.flows`` replaced by the bodies of the flows
     that config lists there, in order (a rail's ``stop`` then ends its stage, as in NeMo's own
     pipeline; Colang 1.0's jumps are relative, so a body keeps working where it is put)."""
@@ -111,7 +119,10 @@ def stage_flows(config, folder: Path) -> list[dict]:
         for name in getattr(config.rails, stage).flows:
             if name not in defined:
                 raise ValueError(f"{folder}/config.yml: rails.{stage}.flows lists {name!r}, which no .co file in {folder} defines")
-            out += [dict(e) for e in defined[name]["elements"] if e.get("_type") != "meta"]
+            body = [dict(e) for e in defined[name]["elements"] if e.get("_type") != "meta"]
+            actions = {e.get("action_name") for e in body if e.get("_type") == "run_action"} - {"create_event", "utter"}
+            if not actions or not actions <= idle_actions:
+                out += body
         return out
 
     flows = parse_colang_file(STAGES.name, STAGES.read_text())["flows"]
@@ -134,7 +145,9 @@ class Guard:
         from nemoguardrails import LLMRails
 
         logging.getLogger("nemoguardrails").setLevel(logging.WARNING)  # it logs a stats line per call
-        config = load_config(settings.guardrails_config)
+        idle = {"guard_model_check"} if guard_model is None else set()
+        idle |= {"self_check"} if not settings.guard_self_check else set()
+        config = load_config(settings.guardrails_config, frozenset(idle))
         self.refusal = (config.bot_messages.get("refuse to respond") or [DEFAULT_REFUSAL])[0]
         self.self_check = settings.guard_self_check
         if self.self_check and ask_model is None:
