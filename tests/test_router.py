@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from bentos.tools.launch import serving
+from bentos.model.engine import free_port
+from bentos.tools.launch import answers, serving, wait_for
 from bentos.web.timing import REPLAY_HEADER
 from infra.gates import (
     EvalCase,
@@ -137,29 +142,15 @@ def test_router_reads_a_modal_dict_without_blocking_its_event_loop(pair):
 @pytest.mark.parametrize("timeout_env", [None, "45"])
 def test_the_router_command_relays_with_its_option_defaults(pair, tmp_path, timeout_env):
     """`ragserve router` as users start it: the defaults come from settings (typed, not strings)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from bentos.model.engine import free_port
-
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSERVE_ROUTER_")}
     if timeout_env:
         env["RAGSERVE_ROUTER_TIMEOUT_S"] = timeout_env
     cmd = [str(Path(sys.executable).parent / "ragserve"), "router", "--blue", pair["blue"], "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--state", str(tmp_path / "t.json")], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*cmd, "--state", str(tmp_path / "t.json")], env=env, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url + "/livez")
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the router did not start"
-                time.sleep(0.2)
+        wait_for(lambda: answers(url + "/livez"), 30, "the router answering")
         assert who(url, 3) == ["blue"] * 3
     finally:
         proc.terminate()

@@ -97,10 +97,12 @@ def load_config(folder: Path, idle_actions: frozenset[str] = frozenset()):
     stages = stage_flows(config, folder, idle_actions)
     # The listed rails run inlined in the stages, and the gateway does not use NeMo's own pipeline:
     # they are not kept as flows of their own as well (the config NeMo's server reads keeps them).
-    listed = {name for stage in ("input", "retrieval", "output") for name in getattr(config.rails, stage).flows}
+    listed = set()
+    for stage in ("input", "retrieval", "output"):
+        rails = getattr(config.rails, stage)
+        listed |= set(rails.flows)
+        rails.flows = []
     config.flows = [f for f in config.flows if f["id"] not in listed] + stages
-    for stage in ("input", "retrieval", "output"):  # the stages run them; NeMo's own pipeline is not used
-        getattr(config.rails, stage).flows = []
     config.enable_rails_exceptions = True
     config.models = []
     return config
