@@ -88,10 +88,10 @@ lock:
 	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
 	build/lock-venv/bin/pip install --quiet torch==2.13.0 $(UV)
 	build/lock-venv/bin/uv pip install --python build/lock-venv/bin/python \
-		--excludes <(printf '%s\n' $(CPU_EXCLUDES)) ".[cpu,dev,deploy]"
-	{ echo "# make lock: pyproject.toml's [cpu,dev,deploy] as installed on CPU torch; make setup installs exactly this"; \
+		--excludes <(printf '%s\n' $(CPU_EXCLUDES)) ".[cpu,dev,deploy,judge]"
+	{ echo "# make lock: pyproject.toml's [cpu,dev,deploy,judge] as installed on CPU torch; make setup installs exactly this"; \
 	  build/lock-venv/bin/uv pip freeze --python build/lock-venv/bin/python | grep -v -E '^(ragserve|pip|setuptools|uv)( @ |==)'; } > requirements-cpu.lock
-	build/lock-venv/bin/uv pip compile pyproject.toml --extra cuda --extra dev --extra deploy --python-version 3.11 \
+	build/lock-venv/bin/uv pip compile pyproject.toml --extra cuda --extra dev --extra deploy --extra judge --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o requirements-cuda.lock
 	rm -rf build/lock-venv
 

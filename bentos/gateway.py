@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import time
-from urllib.parse import unquote, urlparse
 
 import bentoml
 import httpx
@@ -26,7 +25,7 @@ from bentos.retrieval.retriever import Retriever
 from bentos.web.heap import keep_rss_level
 from bentos.web.logs import READY_MESSAGE
 from bentos.web.metrics import only_engine_metrics
-from bentos.web.relay import Relay, http_client
+from bentos.web.relay import Relay, dependency_client, on_this_host
 from bentos.web.service import (
     check_worker_socket,
     listening_address,
@@ -35,25 +34,6 @@ from bentos.web.service import (
 )
 
 log = logging.getLogger("bentos.gateway")
-
-
-def on_this_host(url: str) -> bool:
-    """A `bentoml.depends` service reached over a Unix socket or a loopback port."""
-    parsed = urlparse(url)
-    return parsed.scheme == "file" or (parsed.scheme == "tcp" and parsed.hostname in ("127.0.0.1", "localhost", "::1"))
-
-
-def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
-    """HTTP to a `bentoml.depends` service, whatever BentoML chose: a local Unix socket
-    (``file://``), a loopback port (``tcp://``) or a remote URL."""
-    parsed = urlparse(url)
-    transport = None
-    if parsed.scheme == "file":
-        transport = httpx.AsyncHTTPTransport(uds=unquote(parsed.path))
-        url = "http://ragserve-llm"
-    elif parsed.scheme == "tcp":
-        url = f"http://{parsed.netloc}"
-    return http_client(url, timeout_s, transport)
 
 
 settings = service_settings()

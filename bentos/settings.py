@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_MODEL = "embedded"
@@ -173,6 +173,13 @@ class WebSettings(BaseSettings):
         description="Each service caps glibc at two malloc arenas and hands freed heap memory back to the OS this often "
         "(malloc_trim); 0 leaves glibc as it is.",
     )
+    quality_sample: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of answers scored for faithfulness after they are sent, off the request path, into "
+        "ragserve_answer_faithfulness (0: off).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Level of the services' JSON logs.")
 
     @field_validator("api_key")
@@ -229,6 +236,11 @@ class RetrievalSettings(BaseSettings):
     embed_model: str = Field("embedded", description="'embedded' (all-MiniLM-L6-v2 from a package) or a sentence-transformers model.")
     embed_threads: int = Field(1, ge=1, description="Torch threads for embedding (1 is fastest on a shared 2-core box).")
     retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put into the prompt.")
+    prompt_template: FilePath | None = Field(
+        None,
+        description="File with the system prompt the chunks go into; `{sources}` marks where the numbered sources go. "
+        "Default: answer only from the sources and cite them like [1].",
+    )
     max_k: int = Field(50, ge=1, description="Largest k /v1/retrieve accepts.")
     search_candidates: int = Field(100, ge=1, description="Candidates taken from each of vector and full-text search.")
     fts_weight: float = Field(

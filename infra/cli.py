@@ -123,6 +123,7 @@ def policy_options(f):
         ),
         click.option("--api-key", default=lambda: WebSettings().api_key_value, help="The stacks' API key (default RAGSERVE_API_KEY)."),
         click.option("--steps", default="10,50,100", show_default=True, help=fields["steps"].description),
+        click.option("--grounding/--no-grounding", default=True, show_default=True, help=fields["grounding"].description),
     ]
     for name in (
         "step_s",
@@ -134,6 +135,9 @@ def policy_options(f):
         "min_block_rate",
         "max_false_positive",
         "min_retrieval_hit",
+        "min_faithfulness",
+        "max_faithfulness_drop",
+        "max_citation_precision_drop",
         "ready_timeout_s",
         "shadow_s",
         "shadow_percent",

@@ -21,6 +21,7 @@ import httpx
 import openai
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from bentos.quality.answers import bootstrap
 from bentos.tools.launch import answers, wait_for
 from bentos.tools.loadgen import run_load
 from bentos.web.metrics import samples
@@ -163,6 +164,56 @@ def quality(
     ]
     reason = "; ".join(f for f in failed if f)
     return Verdict("quality", not reason, figures, reason)
+
+
+def grounding(live_url: str, cand_url: str, api_key: str | None, cases: list[EvalCase], policy) -> Verdict:
+    """The eval set's questions asked of live and of the candidate, every answer scored offline
+    against the chunks it was given (bentos/quality): the candidate's faithfulness and citation
+    precision must not fall more than the policy's margins below live's on the same questions,
+    and its faithfulness must reach the floor. Figures, and the worst answers' ids, no text."""
+    from bentos.quality.answers import AnswerCase, ask_all, score, summary
+    from bentos.quality.scorer import OfflineScorer
+
+    p = policy
+    questions = [AnswerCase.model_validate(c.model_dump(exclude_none=True)) for c in cases]
+    questions = [q.model_copy(update={"id": f"eval:{i}"}) for i, q in enumerate(questions, 1) if not q.must_refuse]
+    with ThreadPoolExecutor(2) as pool:  # both slots at once: each answers its own questions
+        asked = list(pool.map(lambda url: ask_all(url, api_key, questions), (live_url, cand_url)))
+    scorer = OfflineScorer()
+    rows = {slot: [score(q, a, scorer) for q, a in zip(questions, answers)] for slot, answers in zip(("live", "candidate"), asked)}
+    sums = {slot: summary(r) for slot, r in rows.items()}
+    figures: dict = {"questions": len(questions)}
+    for slot in ("live", "candidate"):
+        for m in ("faithfulness", "citation_precision"):
+            f = sums[slot][m]
+            figures[f"{slot}_{m}"] = f["mean"]
+            figures[f"{slot}_{m}_interval"] = [f["low"], f["high"]] if f["mean"] is not None else None
+        figures[f"{slot}_errors"] = sums[slot]["errors"]
+    answered = [r for r in rows["candidate"] if r["faithfulness"] is not None]
+    figures["worst"] = [{"id": r["id"], "faithfulness": r["faithfulness"]} for r in sorted(answered, key=lambda r: r["faithfulness"])[:3]]
+
+    def drop(m: str) -> float | None:
+        live, cand = figures[f"live_{m}"], figures[f"candidate_{m}"]
+        if live is None:
+            return None  # live has nothing to compare with (no answers, or no [n] markers)
+        return round(live - (cand or 0.0), 4)
+
+    figures["faithfulness_drop"], figures["citation_precision_drop"] = drop("faithfulness"), drop("citation_precision")
+    cand_f = figures["candidate_faithfulness"]
+    failed = [
+        f"{figures['candidate_errors']} of {len(questions)} questions got no answer" if figures["candidate_errors"] else "",
+        f"faithfulness {cand_f} < {p.min_faithfulness}" if (cand_f or 0.0) < p.min_faithfulness else "",
+        f"faithfulness {cand_f} is {figures['faithfulness_drop']} below live's {figures['live_faithfulness']} "
+        f"(max drop {p.max_faithfulness_drop})"
+        if (figures["faithfulness_drop"] or 0) > p.max_faithfulness_drop
+        else "",
+        f"citation precision {figures['candidate_citation_precision']} is {figures['citation_precision_drop']} below live's "
+        f"{figures['live_citation_precision']} (max drop {p.max_citation_precision_drop})"
+        if (figures["citation_precision_drop"] or 0) > p.max_citation_precision_drop
+        else "",
+    ]
+    reason = "; ".join(f for f in failed if f)
+    return Verdict("grounding", not reason, figures, reason)
 
 
 def performance(
@@ -443,6 +494,19 @@ def shadow_verdict(pairs: list[dict], policy) -> Verdict:
         if paced
         else None,
     )
+    scored = [x for x in pairs if x.get("live_faithfulness") is not None and x.get("shadow_faithfulness") is not None]
+    figures.update(
+        scored_pairs=len(scored),
+        live_faithfulness=round(statistics.fmean(x["live_faithfulness"] for x in scored), 4) if scored else None,
+        candidate_faithfulness=round(statistics.fmean(x["shadow_faithfulness"] for x in scored), 4) if scored else None,
+        least_faithful_pairs=[x["n"] for x in sorted(scored, key=lambda x: x["shadow_faithfulness"])[:3]],
+    )
+    # Live traffic is sampled, so one pair's answers differ by chance: the drop fails the stage
+    # only past the margin and when its 95% interval (paired bootstrap) lies above zero.
+    drops = [x["live_faithfulness"] - x["shadow_faithfulness"] for x in scored]
+    figures["faithfulness_drop"] = round(statistics.fmean(drops), 4) if scored else None
+    figures["faithfulness_drop_interval"] = [round(v, 4) for v in bootstrap(drops)] if len(drops) > 1 else None
+    worse = bool(figures["faithfulness_drop_interval"]) and figures["faithfulness_drop_interval"][0] > 0
     failed = [
         f"error rate {figures['error_rate']:.1%} > {p.max_error_rate:.1%}" if figures["error_rate"] > p.max_error_rate else "",
         f"refusal agreement {agree:.1%} < {p.min_refusal_agreement:.0%} ({figures['refused_by_live_only']} refused by live only, "
@@ -457,6 +521,13 @@ def shadow_verdict(pairs: list[dict], policy) -> Verdict:
         else "",
         f"TTFT {figures['ttft_ratio']}x live > {p.max_ttft_ratio}x" if streamed and figures["ttft_ratio"] > p.max_ttft_ratio else "",
         f"tokens/s {figures['tps_ratio']}x live < {p.min_tps_ratio}x" if paced and figures["tps_ratio"] < p.min_tps_ratio else "",
+        f"faithfulness {figures['candidate_faithfulness']} is {figures['faithfulness_drop']} below live's "
+        f"{figures['faithfulness_drop_interval']} (max drop {p.max_faithfulness_drop})"
+        if worse and figures["faithfulness_drop"] > p.max_faithfulness_drop
+        else "",
+        f"faithfulness {figures['candidate_faithfulness']} < {p.min_faithfulness}"
+        if scored and figures["candidate_faithfulness"] < p.min_faithfulness
+        else "",
     ]
     reason = "; ".join(f for f in failed if f)
     return Verdict("shadow", not reason, figures, reason)

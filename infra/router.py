@@ -28,7 +28,7 @@ from bentos.web.logs import AccessLog
 from bentos.web.relay import HOP_HEADERS, body_of, http_client
 from bentos.web.timing import FeltMetrics, Timing
 
-from .shadow import Mirror, captured
+from .shadow import Mirror, asking_for_chunk_text, captured
 from .traffic import SLOTS, Slot, Traffic
 
 log = logging.getLogger("infra.router")
@@ -141,6 +141,8 @@ class Router:
             return None
         headers = [(k, v) for k, v in request.headers.raw if k.decode("latin-1").lower() not in NOT_FORWARDED | {"accept-encoding"}]
         target = t.upstreams[shadow.slot] + request.url.path
+        if not request.headers.get("content-encoding"):
+            body = asking_for_chunk_text(body)
         return self.mirror.offer(self.client.build_request("POST", target, headers=headers, content=body), t.revision)
 
     async def attempt(self, slot: Slot, url: str, request: Request, body: bytes) -> httpx.Response | None:

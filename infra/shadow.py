@@ -5,7 +5,13 @@ The live response is never delayed or changed: it is relayed as without a shadow
 of its bytes (capped) is kept until the pair is compared. Copies wait for a bounded number of
 slots; when those and the bounded queue are full, a copy is dropped and counted. A pair keeps
 figures only (statuses, finish reasons, refusals and the rail, time to first text and pace, the
-overlap of cited sources, answer similarity); the texts only when the operator opts in.
+overlap of cited sources, answer similarity, and each answer's faithfulness); the texts only when
+the operator opts in.
+
+Faithfulness: the copy asks the candidate for its chunks' text (``citation_text``, which the live
+request cannot carry without changing what the user gets), and both answers are scored offline
+against those chunks (bentos/quality) on a worker thread. Both slots serve the same documents in a
+release, so the candidate's chunks stand for live's.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class Answer:
     sources: set[str] = field(default_factory=set)
     ttft_s: float | None = None
     rate: float | None = None
+    chunks: list[str] = field(default_factory=list)  # the chunks' text, when the answer carries it
 
     @property
     def refused(self) -> bool:
@@ -72,7 +79,9 @@ def read_answer(status: int, body: bytes, timing: Timing) -> Answer:
     for event in events:
         if not isinstance(event, dict):
             continue
-        answer.sources |= {c.get("source") for c in event.get("citations") or [] if isinstance(c, dict)}
+        citations = [c for c in event.get("citations") or [] if isinstance(c, dict)]
+        answer.sources |= {c.get("source") for c in citations}
+        answer.chunks += [c["text"] for c in citations if isinstance(c.get("text"), str)]
         answer.blocked_by = answer.blocked_by or (event.get("guardrails") or {}).get("blocked_by")
         for choice in event.get("choices") or []:
             part = choice.get("delta") or choice.get("message") or {}
@@ -80,6 +89,34 @@ def read_answer(status: int, body: bytes, timing: Timing) -> Answer:
             answer.finish_reason = choice.get("finish_reason") or answer.finish_reason
     answer.text = "".join(pieces)
     return answer
+
+
+def asking_for_chunk_text(body: bytes) -> bytes:
+    """The copy's body with ``"citation_text": true``; unchanged when it is not a JSON object."""
+    try:
+        request = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return body
+    return json.dumps({**request, "citation_text": True}).encode() if isinstance(request, dict) else body
+
+
+def grounding(scorer, question: str, live: Answer, shadow: Answer) -> dict:
+    """Both answers' faithfulness against the candidate's chunks (None where one did not answer)."""
+
+    def faithfulness(answer: Answer) -> float | None:
+        if answer.status != 200 or answer.refused or not answer.text:
+            return None
+        return scorer.score(question, answer.text, shadow.chunks).faithfulness
+
+    return {"live_faithfulness": faithfulness(live), "shadow_faithfulness": faithfulness(shadow)}
+
+
+def last_question(body: bytes) -> str:
+    try:
+        messages = json.loads(body).get("messages") or []
+        return next(m.get("content") for m in reversed(messages) if m.get("role") == "user" and isinstance(m.get("content"), str))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, StopIteration):
+        return ""
 
 
 def pair_figures(live: Answer, shadow: Answer, keep_text: bool = False) -> dict:
@@ -128,6 +165,7 @@ class Mirror:
         self.pairs: deque[dict] = deque(maxlen=keep)
         self.count = 0
         self.tasks: set[asyncio.Task] = set()
+        self.scorer = None  # loaded at the first pair with chunks to score against
         self.outcomes = Counter(
             "ragserve_router_shadow_requests",
             "Copies of live requests to the shadow slot, by outcome (compared, dropped: queue full, failed: no live answer to compare).",
@@ -160,8 +198,11 @@ class Mirror:
             except (TimeoutError, asyncio.CancelledError):
                 self.outcomes.labels("failed").inc()
                 return
+            figures = pair_figures(answer, shadow, self.keep_text)
+            if shadow.chunks:
+                figures.update(await asyncio.to_thread(self.grounding, last_question(request.content), answer, shadow))
             self.count += 1
-            self.pairs.append({"n": self.count, "revision": revision, **pair_figures(answer, shadow, self.keep_text)})
+            self.pairs.append({"n": self.count, "revision": revision, **figures})
             self.outcomes.labels("compared").inc()
         finally:
             self.pending -= 1
@@ -183,6 +224,13 @@ class Mirror:
             await upstream.aclose()
         timing.done()
         return read_answer(upstream.status_code, bytes(captured), timing)
+
+    def grounding(self, question: str, live: Answer, shadow: Answer) -> dict:
+        if self.scorer is None:
+            from bentos.quality.scorer import OfflineScorer
+
+            self.scorer = OfflineScorer()
+        return grounding(self.scorer, question, live, shadow)
 
     def since(self, n: int) -> list[dict]:
         return [p for p in self.pairs if p["n"] > n]

@@ -164,12 +164,13 @@ def stack_settings(key: str) -> dict[str, str]:
     """The session stack's settings. The prompt audit log shows what the model received
     (tests/test_guardrails_gateway.py reads it); small capacity limits make a burst overflow them
     (tests/test_hostile_input.py). The answer cache is on, with a second key as a second tenant
-    (tests/test_answer_cache.py)."""
+    (tests/test_answer_cache.py). Every answer is scored by the quality monitor (tests/test_answer_quality_stack.py)."""
     return {
         "RAGSERVE_LOG_PROMPTS": "true",
         "RAGSERVE_MAX_CONCURRENT_REQUESTS": "16",
         "RAGSERVE_MAX_QUEUED_REQUESTS": "16",
         "RAGSERVE_CACHE": "true",
+        "RAGSERVE_QUALITY_SAMPLE": "1",
         "RAGSERVE_API_KEY": f"{key},{SECOND_TENANT_PREFIX}{key}",
     }
 
@@ -183,15 +184,20 @@ def model_service_url(stack: ServedStack) -> str:
 
 
 @contextmanager
-def another_gateway(stack: ServedStack, tmp_path: Path) -> Iterator[str]:
+def another_gateway(stack: ServedStack, tmp_path: Path, settings: dict[str, str] | None = None) -> Iterator[str]:
     """`bentoml serve .` of the session stack's release with RAGSERVE_MODEL_URL set to that stack's
     model service: a second gateway, with its own process, rails, cache and metrics, answering
-    from the same engine (a second engine would not fit beside the others on two cores). Yields
-    its URL once it logs that it is ready."""
+    from the same engine (a second engine would not fit beside the others on two cores), with
+    ``settings`` changed. Yields its URL once it logs that it is ready."""
     from bentos.tools import launch
 
     # The stack's index, as a second replica reads it
-    extra = {**stack_settings(stack.api_key), "RAGSERVE_MODEL_URL": model_service_url(stack), "RAGSERVE_DB": str(stack.db)}
+    extra = {
+        **stack_settings(stack.api_key),
+        "RAGSERVE_MODEL_URL": model_service_url(stack),
+        "RAGSERVE_DB": str(stack.db),
+        **(settings or {}),
+    }
     env, _, port = stack_env(tmp_path, stack.api_key, extra)
     launched = launch.start_bento(port, env, tmp_path / f"gateway-{port}.log", START_TIMEOUT_S)
     try:

@@ -6,6 +6,7 @@ openai client. The Modal and KServe backends run the same procedure against a st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -29,9 +30,9 @@ from starlette.routing import Route
 from bentos.model.engine import free_port
 from bentos.tools.cli import main as ragserve
 from bentos.tools.launch import answers, serving, wait_for
-from bentos.web.relay import body_of
+from bentos.web.relay import body_of, dependency_client
 from bentos.web.timing import TEXT_CHUNK
-from conftest import another_gateway, record
+from conftest import another_gateway, model_service_url, record
 from infra import gates
 from infra.backends import local_backend
 from infra.promote import Policy, Promotion
@@ -71,7 +72,11 @@ def eval_set(tmp_path_factory) -> str:
 # mostly is; the gates failing clearly worse ones at the same settings: test_performance_gate_fails_a_slower_candidate,
 # test_step_gate_rolls_back_a_candidate_slow_under_traffic and the shadow stage's slowed candidate.
 STEP_ANSWERS = 20
-FAST = ["--ready-timeout-seconds", "60", "--steps", "50,100", "--step-seconds", "4", "--min-step-requests", str(STEP_ANSWERS)]
+# The answer-quality gate asks both slots every question: it runs where a test is about it
+# (test_local_promotion..., test_a_candidate_that_breaks_grounding...) and is off in the others.
+FAST = [
+    "--ready-timeout-seconds", "60", "--steps", "50,100", "--step-seconds", "4", "--min-step-requests", str(STEP_ANSWERS), "--no-grounding",
+]  # fmt: skip
 
 
 class SteadyLoad:
@@ -170,7 +175,7 @@ def report(what: str, load: SteadyLoad, decisions: list[dict]) -> None:
     record(f"{what}: {load.sent} requests sent, {load.failed} failed, served by {dict(load.served_by)}{extra}")
 
 
-def promote_revision_under_load(stack, tmp_path: Path, eval_set: str, fault) -> tuple[int, list[dict], str, dict, SteadyLoad]:
+def promote_revision_under_load(stack, tmp_path: Path, eval_set: str, fault, *extra: str) -> tuple[int, list[dict], str, dict, SteadyLoad]:
     """`ragserve promote local` of a new revision of the guarded release (the stack behind a proxy
     that misbehaves as ``fault`` says) over the stack itself, under steady load through the router;
     returns the exit code, the decisions, stderr, the final weights and the load."""
@@ -180,19 +185,21 @@ def promote_revision_under_load(stack, tmp_path: Path, eval_set: str, fault) -> 
         SteadyLoad(url, stack.api_key) as load,
     ):
         code, decisions, err = promote(
-            "local", "--router", url, "--candidate-url", revision, "--eval", eval_set, "--api-key", stack.api_key, *FAST
+            "local", "--router", url, "--candidate-url", revision, "--eval", eval_set, "--api-key", stack.api_key, *FAST, *extra
         )
         weights = httpx.get(url + "/-/traffic").json()["weights"]
     return code, decisions, err, weights, load
 
 
 def test_local_promotion_under_load_loses_no_request(stack, tmp_path, eval_set):
-    """A new revision of the guarded release is promoted in 50/100% steps."""
-    code, decisions, err, weights, load = promote_revision_under_load(stack, tmp_path, eval_set, no_fault)
+    """A new revision of the guarded release is promoted in 50/100% steps; it passes the answer-quality gate at its defaults."""
+    code, decisions, err, weights, load = promote_revision_under_load(stack, tmp_path, eval_set, no_fault, "--grounding")
     report("promotion", load, decisions)
     assert code == 0, err
     gates = gates_of(decisions)
-    assert all(gates[g]["passed"] for g in ("ready", "smoke", "quality", "performance", "step 50%", "step 100%")), decisions
+    record(f"answer-quality gate, the same release: {gates['grounding']['figures']}")
+    assert all(gates[g]["passed"] for g in ("ready", "smoke", "quality", "grounding", "performance", "step 50%", "step 100%")), decisions
+    assert gates["grounding"]["figures"]["live_faithfulness"] is not None
     assert gates["quality"]["figures"]["block_rate"] == 1.0 and gates["performance"]["figures"]["ttft_ratio"] > 0
     assert decisions[-1]["event"] == "promoted" and weights == {"blue": 0, "green": 100}
     assert load.failed == 0, load.errors[:5]
@@ -233,6 +240,73 @@ def proxy_with_fault(target: str, fault):
         )
 
     return Starlette(routes=[Route("/{path:path}", proxy, methods=["GET", "POST"])])
+
+
+SWAPPED_NAMES = ["Lisbon", "Norway", "Kestrel", "Mumbai", "Orinoco"]
+
+
+def swap_entities(text: str) -> str:
+    """The same answer with its numbers and capitalised names (past a sentence's first word)
+    replaced by others of the same kind: as fluent, as cited, and wrong."""
+    names = iter(SWAPPED_NAMES * 20)
+    text = re.sub(r"\d+", lambda m: str(int(m.group()) * 3 + 7), text)
+    return re.sub(r"(?<=[a-z,;:] )[A-Z][a-z]+", lambda m: next(names), text)
+
+
+def entity_swapping_engine(model_service: str) -> Starlette:
+    """A stand-in engine: the real model service's answers with their entities swapped."""
+    client = dependency_client(model_service, 120)  # BentoML's URL: a Unix socket here
+
+    async def relay(request: Request) -> Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        r = await client.request(request.method, request.url.path, headers=headers, content=await request.body())
+        if not request.url.path.endswith("/chat/completions") or r.status_code != 200:
+            return Response(r.content, r.status_code, media_type=r.headers.get("content-type"))
+        if r.headers.get("content-type", "").startswith("text/event-stream"):
+            lines = [
+                "data: " + json.dumps(swapped_event(json.loads(line[6:]))) if line.startswith("data: {") else line
+                for line in r.text.split("\n")
+            ]
+            return Response("\n".join(lines), media_type="text/event-stream")
+        return JSONResponse(swapped_event(r.json()))
+
+    def swapped_event(event: dict) -> dict:
+        for choice in event.get("choices") or []:
+            for part in (choice.get("message"), choice.get("delta")):
+                if part and part.get("content"):
+                    part["content"] = swap_entities(part["content"])
+        return event
+
+    return Starlette(routes=[Route("/{path:path}", relay, methods=["GET", "POST"])])
+
+
+@pytest.mark.parametrize("broken", ["prompt template without the sources", "engine swapping the entities"])
+def test_a_candidate_that_breaks_grounding_fails_before_any_user_reaches_it(stack, tmp_path, eval_set, broken):
+    """A second gateway on the session stack's engine and index, broken in one way: its prompt
+    template drops the sources, or its engine swaps the names and numbers of the right answer. It
+    answers, guards and is as fast as live; the answer-quality gate at its defaults stops it
+    before the first traffic step (the same release passes: test_local_promotion...)."""
+    with contextlib.ExitStack() as running:
+        if broken.startswith("prompt"):
+            template = tmp_path / "template.txt"
+            template.write_text("You are a helpful assistant. Answer the user's question in one or two sentences.\n")
+            settings = {"RAGSERVE_PROMPT_TEMPLATE": str(template)}
+        else:
+            settings = {"RAGSERVE_MODEL_URL": running.enter_context(serving(entity_swapping_engine(model_service_url(stack))))}
+        candidate = running.enter_context(another_gateway(stack, tmp_path, settings))
+        url = running.enter_context(router(stack.url, tmp_path))
+        code, decisions, err = promote(
+            "local", "--router", url, "--candidate-url", candidate, "--eval", eval_set, "--api-key", stack.api_key, *FAST, "--grounding"
+        )
+        weights = httpx.get(url + "/-/traffic").json()["weights"]
+    gate = gates_of(decisions)["grounding"]
+    record(f"answer-quality gate, {broken}: {gate['figures']} {gate['reason']}")
+    assert code == 1 and "rolled back: grounding failed" in err, err
+    assert all(gates_of(decisions)[g]["passed"] for g in ("smoke", "quality")), decisions
+    assert not gate["passed"] and "below live's" in gate["reason"], gate
+    assert not [d for d in decisions if d["event"] == "shift" and d["percent"] > 0], decisions
+    assert weights == {"blue": 100, "green": 0}
+    assert gate["figures"]["worst"] and all(set(w) == {"id", "faithfulness"} for w in gate["figures"]["worst"])
 
 
 async def fails_routed_chat(request: Request) -> Response | None:
@@ -597,6 +671,9 @@ def test_shadow_stage_on_the_real_stacks(stack, unguarded_stack, tmp_path):
         "with a shadow stage on: " + ", ".join(f"{n} {x.ttft_ms(0.5)}/{x.ttft_ms(0.95)} ms ({len(x.ttft)})" for n, x in loads.items())
     )
     assert verdicts["same release"].passed, verdicts["same release"]
+    # both answers of a pair scored against the candidate's chunks, figures only
+    same = verdicts["same release"].figures
+    assert same["scored_pairs"] > 0 and 0 <= same["candidate_faithfulness"] <= 1 and same["least_faithful_pairs"], same
     assert not verdicts["rails off"].passed and "refusal agreement" in verdicts["rails off"].reason
     assert not verdicts["slowed decoding"].passed and "tokens/s" in verdicts["slowed decoding"].reason
     assert alone.failed == mirrored.failed == 0 and all(x.failed == 0 for x in loads.values())

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from bentos.retrieval.search import Hit
+
+log = logging.getLogger("bentos.gateway")
 
 INSTRUCTIONS = (
     "Answer the user's question using only the numbered sources below. Cite the sources you use "
@@ -12,6 +16,8 @@ INSTRUCTIONS = (
 )
 NOT_FOUND = "I could not find anything about this in the indexed documents, so I cannot answer it from them."
 MAX_SOURCE_WORDS = 220  # keeps k sources well inside a small model's context
+# The system prompt: ``{sources}`` is where the numbered chunks go (RAGSERVE_PROMPT_TEMPLATE replaces it).
+DEFAULT_TEMPLATE = INSTRUCTIONS + "\n\n{sources}"
 
 
 def last_user_text(messages: list[Any]) -> str:
@@ -24,16 +30,28 @@ def last_user_text(messages: list[Any]) -> str:
     return ""
 
 
+def source_text(hit: Hit) -> str:
+    """A chunk as the model is given it."""
+    words = hit.text.split()
+    return " ".join(words[:MAX_SOURCE_WORDS]) + (" ..." if len(words) > MAX_SOURCE_WORDS else "")
+
+
 def sources_block(hits: list[Hit]) -> str:
-    lines = []
-    for i, h in enumerate(hits, 1):
-        words = h.text.split()
-        text = " ".join(words[:MAX_SOURCE_WORDS]) + (" ..." if len(words) > MAX_SOURCE_WORDS else "")
-        lines.append(f"[{i}] ({h.source}) {text}")
-    return "\n\n".join(lines)
+    return "\n\n".join(f"[{i}] ({h.source}) {source_text(h)}" for i, h in enumerate(hits, 1))
 
 
-def with_sources(messages: list[dict], hits: list[Hit]) -> list[dict]:
+def read_template(path: Path | None) -> str:
+    """RAGSERVE_PROMPT_TEMPLATE's text, or the default. A template without ``{sources}`` gives the
+    model no chunks at all: allowed (the answer-quality gate is what catches it), but logged."""
+    if path is None:
+        return DEFAULT_TEMPLATE
+    template = path.read_text()
+    if "{sources}" not in template:
+        log.warning("prompt template has no {sources}: the model gets no retrieved chunks", extra={"fields": {"template": str(path)}})
+    return template
+
+
+def with_sources(messages: list[dict], hits: list[Hit], template: str = DEFAULT_TEMPLATE) -> list[dict]:
     """Our instructions and sources go first as a system message; the client's own messages,
-    system ones included, follow unchanged."""
-    return [{"role": "system", "content": f"{INSTRUCTIONS}\n\n{sources_block(hits)}"}, *messages]
+    system ones included, follow unchanged. (``replace``, not ``format``: a template may hold braces.)"""
+    return [{"role": "system", "content": template.replace("{sources}", sources_block(hits))}, *messages]

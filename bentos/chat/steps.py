@@ -29,9 +29,10 @@ from prometheus_client import Histogram
 from bentos.chat.cache import AnswerCache, CacheLookup, CacheStore
 from bentos.chat.completions import answer
 from bentos.chat.engine_link import EngineLink
-from bentos.chat.prompting import NOT_FOUND, with_sources
+from bentos.chat.prompting import NOT_FOUND, read_template, source_text, with_sources
 from bentos.guard.rails import Decision, Guard, StreamGuard, masked_conversation
 from bentos.model.api import audit_prompt
+from bentos.quality.monitor import QualityMonitor
 from bentos.retrieval.retriever import Retrieval, Retriever
 from bentos.retrieval.search import Hit
 from bentos.settings import Settings
@@ -77,7 +78,13 @@ class Turn:
 
     @property
     def citations(self) -> list[dict]:
-        return [Citation(source=h.source, chunk_id=h.chunk_id, score=h.score).model_dump() for h in self.hits]
+        text = self.req.citation_text
+        return [
+            Citation(source=h.source, chunk_id=h.chunk_id, score=h.score, text=source_text(h) if text else None).model_dump(
+                exclude_none=True
+            )
+            for h in self.hits
+        ]
 
     def answer(self, content: str, finish_reason: str = "stop", **extra) -> Response:
         """The gateway's own answer, in the shape the model's would have had (streamed or not)."""
@@ -195,12 +202,15 @@ class Ground:
 
     name = "prompt"
 
+    def __init__(self, template: str):
+        self.template = template
+
     async def __call__(self, turn: Turn) -> Response | None:
         if turn.index_version is None:
             return None
         if not turn.hits:
             return turn.answer(NOT_FOUND, citations=[])
-        turn.payload["messages"] = with_sources(turn.payload["messages"], turn.hits)
+        turn.payload["messages"] = with_sources(turn.payload["messages"], turn.hits, self.template)
         return None
 
 
@@ -327,11 +337,13 @@ class ChatPath:
             *([CacheLookup(cache, retriever.reader)] if cache else []),
             Retrieve(),
             *([RetrievalRails(guard)] if rails else []),
-            Ground(),
+            Ground(read_template(settings.retrieval.prompt_template)),
         ]
         answer_steps: list[AnswerStep] = [
             *([OutputRails(guard, settings.guard.guard_stream_every_tokens)] if rails else []),
-            *([CacheStore(cache)] if cache else []),  # last: what the user was sent
+            *([CacheStore(cache)] if cache else []),
+            # last: what the user was sent, scored after it is sent
+            *([QualityMonitor(settings.web.quality_sample, settings.retrieval.embed_model)] if settings.web.quality_sample else []),
         ]
         return cls(steps, ModelCall(llm, answer_steps, link, settings.engine.log_prompts))
 

@@ -126,6 +126,8 @@ def run_serve_bench(
                     run_load(url + "/v1", key, settings.engine.model_name, c, max(n_requests, 2 * c), max_tokens, prompts)
                 )
                 entry["levels"][str(c)] = {**report.as_dict(), "steps_ms_mean": step_means(before, step_totals(url, key))}
+            if name == "gateway":  # what the quality monitor (RAGSERVE_QUALITY_SAMPLE) scored meanwhile, by outcome
+                entry["answer_scores"] = answer_scores(url, key)
             results["targets"][name] = entry
     results["ratios"] = ratios(results, levels)
     print_table(results, levels)
@@ -149,6 +151,11 @@ STEP_FAMILIES = {
 def step_totals(url: str, key: str) -> dict[str, tuple[float, float]]:
     """(sum, count) per step from a server's /metrics (the gateway's includes its engine's)."""
     return totals_in(httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}"} if key else None, timeout=10).text)
+
+
+def answer_scores(url: str, key: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {key}"} if key else None, timeout=10).text
+    return {s.labels["outcome"]: s.value for s in samples(text) if s.name == "ragserve_answer_scores_total"}
 
 
 def totals_in(text: str) -> dict[str, tuple[float, float]]:
@@ -197,6 +204,8 @@ def print_table(results: dict, levels: list[int]) -> None:
             )
         q = results["ratios"][c]
         print(f"{c:>4} {'ratio':>8} {q['throughput_ratio']}x throughput, TTFT p50 {q['added_ttft_p50_ms']:+.1f} ms")
+    if scores := ours.get("answer_scores"):
+        print("quality monitor (RAGSERVE_QUALITY_SAMPLE): " + ", ".join(f"{n:.0f} {outcome}" for outcome, n in sorted(scores.items())))
     print_steps(results, levels)
 
 

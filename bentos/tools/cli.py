@@ -314,6 +314,93 @@ def eval_guardrails_cmd(file: Path, guard_url: str | None, guard_model_name: str
         Path(json_out).write_text(json.dumps(result, indent=2))
 
 
+@eval_group.command("answers")
+@click.option(
+    "--url", default="http://127.0.0.1:3000", show_default=True, help="The endpoint to ask: a local stack, the router or a deployed URL."
+)
+@click.option("--api-key", default=lambda: Settings().web.api_key_value, help="Bearer key of that endpoint (default RAGSERVE_API_KEY).")
+@click.option(
+    "--eval",
+    "eval_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=PROJECT_DIR / "infra" / "eval" / "promotion.jsonl",
+    show_default=True,
+    help="JSONL: question, and optionally gold_sources, reference_answer, must_refuse (the promotion set's lines are read too).",
+)
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Questions asked at once.")
+@click.option("--judge-url", metavar="URL", help="Faithfulness by Ragas with this OpenAI-compatible judge instead of the offline scorer.")
+@click.option("--judge-model", help="The judge's model name (default: the first of its /v1/models).")
+@click.option("--judge-api-key", help="The judge's key, if it asks for one.")
+@click.option("--judge-repeats", default=3, show_default=True, type=click.IntRange(1, 20), help="Ragas runs per answer, averaged.")
+@click.option(
+    "--worst", "n_worst", default=5, show_default=True, type=click.IntRange(0), help="Worst answers shown with their unsupported sentences."
+)
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write every answer's metrics and the summary as JSON here.")
+def eval_answers_cmd(
+    url: str,
+    api_key: str | None,
+    eval_path: Path,
+    concurrency: int,
+    judge_url: str | None,
+    judge_model: str | None,
+    judge_api_key: str | None,
+    judge_repeats: int,
+    n_worst: int,
+    json_out: str | None,
+) -> None:
+    """Ask URL each question of the eval set and score every answer: faithfulness (claims the
+    chunks it was given support), citation precision ([n] markers pointing to a supporting
+    chunk), citation recall of the gold sources, relevance and refusal correctness, each with a
+    95% bootstrap interval, then the worst answers and why.
+
+    The default scorer is offline (the embedder, word overlap, and numbers, dates and names that
+    must agree); --judge-url scores faithfulness with Ragas and an LLM judge instead.
+
+    e.g. ragserve eval answers --url http://127.0.0.1:3000 --json-out answers.json
+         ragserve eval answers --judge-url http://gpu-box:8000 --judge-model Qwen/Qwen2.5-7B-Instruct
+    """
+    import json
+
+    from bentos.quality.answers import EvalSetError, evaluate, print_report, read_answer_set
+    from bentos.quality.scorer import OfflineScorer
+
+    try:
+        cases = read_answer_set(eval_path)
+    except EvalSetError as e:
+        raise click.ClickException(str(e)) from None
+    scorer = OfflineScorer()
+    if judge_url:
+        from bentos.quality.judge import JudgedScorer, RagasJudge
+
+        scorer = JudgedScorer(scorer, RagasJudge(judge_url, judge_model, judge_api_key, judge_repeats))
+    try:
+        result = evaluate(url, api_key, cases, scorer, concurrency)
+    except Exception as e:  # an endpoint that is down fails every question the same way
+        raise click.ClickException(f"{url}: {type(e).__name__}: {e}") from None
+    if result["summary"]["errors"] == len(cases):
+        first = next(r["error"] for r in result["answers"])
+        raise click.ClickException(
+            f"no question got an answer from {url}: {first}. Is the stack serving there (make serve), and is --api-key right?"
+        )
+    print_report(result, n_worst)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2))
+
+
+@eval_group.command("scorer")
+@squad_option("SQuAD-format JSON the labelled answers are built from.")
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+def eval_scorer_cmd(squad: Path, json_out: str | None) -> None:
+    """Measure the offline answer scorer on answers whose truth is known by construction:
+    sentences of the source that answer the question (supported), and the same with the answer's
+    entity, number or date swapped, a sentence of another passage, a negation, or its names
+    reordered (unsupported). The threshold is chosen on the validation articles; ROC AUC and
+    balanced accuracy per kind are reported on the test articles."""
+    from bentos.quality import labelled
+
+    labelled.main(squad, json_out)
+
+
 @eval_group.command("pii")
 @squad_option("SQuAD-format JSON whose sentences with numbers must stay unaltered.")
 @click.option("--max-altered", default=0.02, show_default=True, type=click.FloatRange(0, 1), help="Budget of ordinary sentences altered.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import httpx
 from fastapi.responses import Response, StreamingResponse
@@ -29,6 +30,25 @@ def http_client(base_url: str, timeout_s: float, transport: httpx.AsyncBaseTrans
         timeout=httpx.Timeout(timeout_s, connect=5),
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
     )
+
+
+def on_this_host(url: str) -> bool:
+    """A `bentoml.depends` service reached over a Unix socket or a loopback port."""
+    parsed = urlparse(url)
+    return parsed.scheme == "file" or (parsed.scheme == "tcp" and parsed.hostname in ("127.0.0.1", "localhost", "::1"))
+
+
+def dependency_client(url: str, timeout_s: float) -> httpx.AsyncClient:
+    """HTTP to a `bentoml.depends` service, whatever BentoML chose: a local Unix socket
+    (``file://``), a loopback port (``tcp://``) or a remote URL."""
+    parsed = urlparse(url)
+    transport = None
+    if parsed.scheme == "file":
+        transport = httpx.AsyncHTTPTransport(uds=unquote(parsed.path))
+        url = "http://ragserve-llm"
+    elif parsed.scheme == "tcp":
+        url = f"http://{parsed.netloc}"
+    return http_client(url, timeout_s, transport)
 
 
 UNREACHABLE = "upstream_unreachable"  # the error code of a hop that could not be reached

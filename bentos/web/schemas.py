@@ -40,6 +40,9 @@ class ChatCompletionRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    # ragserve's own: each citation carries the chunk's text as the model was given it (for
+    # `ragserve eval answers` and the release gates, which score the answer against it). Not sent on.
+    citation_text: bool = False
 
     @property
     def output_limit(self) -> int | None:
@@ -65,6 +68,7 @@ class Citation(BaseModel):
     source: str
     chunk_id: str
     score: float
+    text: str | None = None  # only when the request asks with "citation_text": true
 
 
 class RetrievedChunk(Citation):
@@ -90,7 +94,7 @@ def engine_payload(req: ChatCompletionRequest, model_name: str, max_model_len: i
         raise APIError(
             400, f"max_tokens={limit} is not below the model's context length {max_model_len}; lower max_tokens", "max_tokens_too_large"
         )
-    payload = req.model_dump(exclude_none=True, exclude_unset=True)
+    payload = req.model_dump(exclude_none=True, exclude_unset=True, exclude={"citation_text"})
     payload["model"] = model_name  # one model per service: any name the client sends maps to it
     if req.stream:
         # Usage counts in the last chunk, as OpenAI sends them when asked; on unless the client says no.
