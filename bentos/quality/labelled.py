@@ -373,7 +373,8 @@ def _table(result: dict) -> str:
     lines = [
         f"threshold {result['threshold']} (validation articles {', '.join(result['articles']['validation'])}: "
         f"balanced accuracy {result['validation']['balanced_accuracy_at_choice']})",
-        f"test articles {', '.join(result['articles']['test'])}: supported (extract, restated) n={result['test']['overall']['n_supported']}",
+        f"test articles {', '.join(result['articles']['test'])}: "
+        f"supported (extract, restated) n={result['test']['overall']['n_supported']}",
         f"{'test, supported against':<28}{'ROC AUC':>9}{'bal. acc.':>11}{'n':>6}",
     ]
     rows = {"all (no reordered)": result["test"]["overall"], **result["test"]["by_kind"]}
