@@ -1,6 +1,6 @@
 """Answer quality on the session stack (real engine, rails, index), as a user measures it:
 `ragserve eval answers` against the served URL, the chunks' text on request, and the sampled
-monitor (RAGSERVE_QUALITY_SAMPLE=1 on this stack) filling ragserve_answer_faithfulness."""
+monitor (RAGSERVE_QUALITY_SAMPLE=1 on a second gateway) filling ragserve_answer_faithfulness."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import time
 import httpx
 import pytest
 from click.testing import CliRunner
+from openai import OpenAI
 
 from bentos.tools.cli import main as ragserve
 from bentos.web.metrics import samples
+from conftest import another_gateway
 
 pytestmark = pytest.mark.stack
 
@@ -53,20 +55,22 @@ def test_eval_answers_scores_the_served_stack(stack, tmp_path):
         assert f["low"] <= f["mean"] <= f["high"] and metric in r.output
 
 
-def test_sampled_answers_are_scored_after_they_are_sent(stack):
-    def scored() -> float:
-        text = httpx.get(f"{stack.url}/metrics").text
-        return sum(s.value for s in samples(text) if s.name == "ragserve_answer_faithfulness_count")
+def test_sampled_answers_are_scored_after_they_are_sent(stack, tmp_path):
+    """A second gateway over the stack's model service, scoring every answer it sends."""
+    with another_gateway(stack, tmp_path, {"RAGSERVE_QUALITY_SAMPLE": "1"}) as url:
 
-    before = scored()
-    client = stack.openai()
-    for stream in (False, True):
-        r = client.chat.completions.create(
-            model="x", messages=[{"role": "user", "content": QUESTION}], max_tokens=24, stream=stream, extra_body={"cache": False}
-        )
-        if stream:
-            list(r)
-    deadline = time.monotonic() + 60
-    while scored() < before + 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert scored() >= before + 2
+        def scored() -> float:
+            text = httpx.get(f"{url}/metrics").text
+            return sum(s.value for s in samples(text) if s.name == "ragserve_answer_faithfulness_count")
+
+        client = OpenAI(base_url=f"{url}/v1", api_key=stack.api_key, max_retries=0, timeout=120)
+        for stream in (False, True):
+            r = client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": QUESTION}], max_tokens=24, stream=stream, extra_body={"cache": False}
+            )
+            if stream:
+                list(r)
+        deadline = time.monotonic() + 60
+        while scored() < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert scored() >= 2
