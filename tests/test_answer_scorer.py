@@ -158,7 +158,7 @@ def test_the_labelled_builder_makes_each_kind_with_its_label_and_splits_by_artic
     assert len(labelled.sample(items, per_kind=1)) <= len(labelled.KINDS) * 2
 
 
-@pytest.mark.skipif(not SQUAD.exists(), reason=f"the SQuAD v2 subset is not at {SQUAD} (/work/shared/eval absent)")
+@pytest.mark.skipif(not SQUAD.exists(), reason=f"the SQuAD v2 subset is not at {SQUAD} (../shared/eval absent)")
 def test_the_scorer_separates_swaps_other_passages_and_negations_on_the_real_subset(scorer):
     items = [it for it in labelled.sample(labelled.build(SQUAD), per_kind=40) if it.split == "test"]
     started = time.perf_counter()

@@ -22,9 +22,8 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -383,14 +382,3 @@ def _table(result: dict) -> str:
         auc, ba = f["roc_auc"], f["balanced_accuracy"]
         lines.append(f"{name:<28}{'-' if auc is None else f'{auc:.3f}':>9}{'-' if ba is None else f'{ba:.3f}':>11}{f['n']:>6}")
     return "\n".join(lines)
-
-
-def _dump_items(path: str | Path, out: str | Path) -> None:  # for reading the set by eye
-    Path(out).write_text("\n".join(json.dumps(asdict(it)) for it in build(path)) + "\n")
-
-
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    json_out = args[args.index("--json") + 1] if "--json" in args else None
-    positional = [a for i, a in enumerate(args) if a != "--json" and (i == 0 or args[i - 1] != "--json")]
-    print(json.dumps(main(positional[0] if positional else "/work/shared/eval/squad_v2_dev_subset.json", json_out), indent=2))
