@@ -35,7 +35,7 @@ class Backend(Protocol):
     def window(self) -> Window: ...
     def describe(self) -> str: ...
     def shadow(self, candidate: Slot, percent: int) -> Traffic: ...
-    def shadow_pairs(self, since: int) -> list[dict]: ...
+    def shadow_pairs(self, since: int, score: bool = False) -> list[dict]: ...
 
 
 class RouterAdmin:
@@ -82,10 +82,13 @@ class RouterBackend:
         t = self.traffic()
         return self.store.set(t.model_copy(update={"shadow": Shadow(slot=candidate, percent=percent) if percent else None}))
 
-    def shadow_pairs(self, since: int) -> list[dict]:
+    def shadow_pairs(self, since: int, score: bool = False) -> list[dict]:
+        """Pairs numbered above ``since``; with ``score``, the router scores their faithfulness first
+        (about a second for each pair on a CPU, hence the longer timeout)."""
         headers = getattr(self.store, "headers", {})  # the local router's admin key
+        params = {"since": since, "score": str(score).lower()}
         try:
-            r = httpx.get(self.metrics_url + "/-/shadow", params={"since": since}, headers=headers, timeout=10)
+            r = httpx.get(self.metrics_url + "/-/shadow", params=params, headers=headers, timeout=600 if score else 10)
             r.raise_for_status()
         except httpx.HTTPError as e:
             raise BackendError(f"cannot read the shadow pairs at {self.metrics_url}/-/shadow ({type(e).__name__})") from None
@@ -230,8 +233,8 @@ class KServeBackend:
             )
         return self.router.shadow(candidate, percent)
 
-    def shadow_pairs(self, since: int) -> list[dict]:
-        return self.router.shadow_pairs(since) if self.router else []
+    def shadow_pairs(self, since: int, score: bool = False) -> list[dict]:
+        return self.router.shadow_pairs(since, score) if self.router else []
 
     def plan(self, steps: list[int]) -> list[str]:
         """The commands a promotion runs, for --dry-run: nothing is sent to the cluster."""

@@ -205,6 +205,8 @@ class Promotion:
                     break
         finally:
             self.backend.shadow(candidate, 0)
+        # Faithfulness is scored now, not while the pace above was being measured.
+        pairs = [x for x in self.backend.shadow_pairs(seen, score=True) if x.get("revision") == revision]
         verdict = gates.shadow_verdict(pairs, p)
         verdict.figures["held_s"] = round(held, 1)
         return verdict

@@ -249,13 +249,16 @@ class Router:
         return JSONResponse(saved.model_dump())
 
     async def get_shadow(self, request: Request) -> Response:
-        """The compared pairs numbered above ``?since=N`` (figures; texts only with --shadow-keep-text)."""
+        """The compared pairs numbered above ``?since=N`` (figures; texts only with --shadow-keep-text);
+        ``&score=true`` scores their faithfulness first (after the stage, so it never slows it)."""
         if not self.is_admin(request):
             return error(401, "reading shadow pairs needs 'Authorization: Bearer <RAGSERVE_ROUTER_ADMIN_KEY>'", "invalid_admin_key")
         try:
             since = int(request.query_params.get("since", "0"))
         except ValueError:
             return error(400, "since must be a whole number: the last pair number you have read", "invalid_since")
+        if request.query_params.get("score", "false").lower() in ("1", "true", "yes"):
+            await self.mirror.score(since)
         try:
             shadow = (await self.table()).shadow
         except LookupError:

@@ -11,7 +11,9 @@ the operator opts in.
 Faithfulness: the copy asks the candidate for its chunks' text (``citation_text``, which the live
 request cannot carry without changing what the user gets), and both answers are scored offline
 against those chunks (bentos/quality) on a worker thread. Both slots serve the same documents in a
-release, so the candidate's chunks stand for live's.
+release, so the candidate's chunks stand for live's. Scoring waits until the pairs are read with
+``score=true`` (the promoter does so once the shadow is off): run during the stage, on the router's
+cores, it slowed the very answers whose pace the stage measures.
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ class Mirror:
         self.count = 0
         self.tasks: set[asyncio.Task] = set()
         self.scorer = None  # loaded at the first pair with chunks to score against
+        self.unscored: dict[int, tuple[str, Answer, Answer]] = {}  # pair number -> what to score
         self.outcomes = Counter(
             "ragserve_router_shadow_requests",
             "Copies of live requests to the shadow slot, by outcome (compared, dropped: queue full, failed: no live answer to compare).",
@@ -198,11 +201,11 @@ class Mirror:
             except (TimeoutError, asyncio.CancelledError):
                 self.outcomes.labels("failed").inc()
                 return
-            figures = pair_figures(answer, shadow, self.keep_text)
-            if shadow.chunks:
-                figures.update(await asyncio.to_thread(self.grounding, last_question(request.content), answer, shadow))
             self.count += 1
-            self.pairs.append({"n": self.count, "revision": revision, **figures})
+            self.pairs.append({"n": self.count, "revision": revision, **pair_figures(answer, shadow, self.keep_text)})
+            if shadow.chunks:
+                self.unscored[self.count] = (last_question(request.content), answer, shadow)
+                self.unscored.pop(self.count - self.pairs.maxlen, None)  # its pair is gone
             self.outcomes.labels("compared").inc()
         finally:
             self.pending -= 1
@@ -225,12 +228,20 @@ class Mirror:
         timing.done()
         return read_answer(upstream.status_code, bytes(captured), timing)
 
-    def grounding(self, question: str, live: Answer, shadow: Answer) -> dict:
+    async def score(self, since: int) -> None:
+        """Score the pairs numbered above ``since`` that are not scored yet, off the event loop."""
+        todo = {n: self.unscored.pop(n) for n in sorted(self.unscored) if n > since}
+        if todo:
+            scores = await asyncio.to_thread(self._grounding, todo)
+            for pair in self.pairs:
+                pair.update(scores.get(pair["n"], {}))
+
+    def _grounding(self, todo: dict[int, tuple[str, Answer, Answer]]) -> dict[int, dict]:
         if self.scorer is None:
             from bentos.quality.scorer import OfflineScorer
 
             self.scorer = OfflineScorer()
-        return grounding(self.scorer, question, live, shadow)
+        return {n: grounding(self.scorer, *texts) for n, texts in todo.items()}
 
     def since(self, n: int) -> list[dict]:
         return [p for p in self.pairs if p["n"] > n]

@@ -146,7 +146,7 @@ def test_the_shadow_stage_fails_a_faithfulness_drop_only_beyond_chance():
     assert verdict.figures["least_faithful_pairs"] == [1, 2, 4]
 
 
-def test_the_shadow_copy_asks_for_the_chunks_and_both_answers_are_scored_without_their_text():
+def test_the_shadow_copy_asks_for_the_chunks_and_both_answers_are_scored_after_the_stage_without_their_text():
     with serving(answering(RIGHT)) as live, serving(answering(WRONG)) as candidate:
         store = MemoryStore(Traffic(upstreams={"blue": live, "green": candidate}, weights={"blue": 100, "green": 0}))
         with serving(create_router_app(store)) as router:
@@ -160,7 +160,9 @@ def test_the_shadow_copy_asks_for_the_chunks_and_both_answers_are_scored_without
             deadline = time.monotonic() + 20
             while len(backend.shadow_pairs(0)) < 3 and time.monotonic() < deadline:
                 time.sleep(0.1)
-            pairs = backend.shadow_pairs(0)
+            assert not any("live_faithfulness" in p for p in backend.shadow_pairs(0))  # nothing scored during the stage
+            pairs = backend.shadow_pairs(0, score=True)
+            assert backend.shadow_pairs(0) == pairs  # scored once, kept
     assert [(p["live_faithfulness"], p["shadow_faithfulness"]) for p in pairs] == [(1.0, 0.0)] * 3
     assert not any("text" in key or isinstance(value, str) and "museum" in value for p in pairs for key, value in p.items())
 
