@@ -234,7 +234,19 @@ class RetrievalSettings(BaseSettings):
         60.0, ge=2, description="On object storage: how long a re-index's writer lease lasts unrenewed (a dead writer's expires)."
     )
     embed_model: str = Field("embedded", description="'embedded' (all-MiniLM-L6-v2 from a package) or a sentence-transformers model.")
-    embed_threads: int = Field(1, ge=1, description="Torch threads for embedding (1 is fastest on a shared 2-core box).")
+    embed_threads: int = Field(1, ge=1, description="Threads for embedding (1 is fastest on a shared 2-core box).")
+    embed_window_ms: float = Field(
+        0.0,
+        ge=0,
+        le=50,
+        description="While queries arrive together, how long one waits for others to share its embedding batch "
+        "(never when a query comes alone). 0: none; queries that arrive while a batch runs still share the next.",
+    )
+    embed_backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="What runs the embedding model: ONNX Runtime (exported once into ~/.cache/ragserve/embedders), torch, "
+        "or auto: ONNX Runtime for short texts (queries) where the model can be exported, torch for long ones (documents).",
+    )
     retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put into the prompt.")
     prompt_template: FilePath | None = Field(
         None,
@@ -252,6 +264,18 @@ class RetrievalSettings(BaseSettings):
     chunk_max_words: int = Field(200, ge=20, description="Longest chunk, in words.")
     chunk_overlap_words: int = Field(30, ge=0, description="Words a chunk repeats from the one before.")
     ann_min_rows: int = Field(50_000, ge=1, description="Build an ANN vector index once the table has this many chunks.")
+    ann_rows_per_partition: int = Field(
+        1000, ge=100, description="Chunks per IVF partition of the ANN index (IVF_SQ; partitions = chunks / this), set when it is built."
+    )
+    ann_nprobes: int = Field(
+        50, ge=1, description="IVF partitions an ANN search visits: more is slower and finds more of the true nearest."
+    )
+    ann_refine_factor: int | None = Field(
+        4,
+        ge=1,
+        description="Re-rank this many times the candidates on the full vectors after an ANN search (SQ's 8-bit distances "
+        "misorder close neighbours); unset: no re-ranking.",
+    )
     index_refresh_s: float = Field(1.0, gt=0, description="How often a server checks for a newly published index.")
 
     @field_validator("db")

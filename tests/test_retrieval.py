@@ -228,6 +228,48 @@ def test_concurrent_queries_share_forward_passes():
     assert np.allclose(np.stack(together), alone, atol=1e-5)
 
 
+def test_a_burst_waits_for_its_crowd_and_a_lone_stream_never_waits():
+    """With a batching window, one stream's queries go at once; streams that end together (as
+    vLLM's do) share one pass from their second burst on, released when all are in, not at the
+    window's end. Every query still gets its own vector."""
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from bentos.retrieval.batching import Batcher
+
+    queries = [f"which gate opens at {i} o'clock" for i in range(15)]
+    alone = get_embedder().embed(queries)
+    sizes: list[int] = []
+
+    def embed(texts):
+        sizes.append(len(texts))
+        return get_embedder().embed(texts)
+
+    async def run():
+        batcher = Batcher(embed, window_s=0.5)
+        t = time.perf_counter()
+        lone = [await batcher.submit(q) for q in queries[:3]]
+        lone_s = time.perf_counter() - t
+
+        async def arriving(i: int, q: str):
+            await asyncio.sleep(0.001 * i)
+            return await batcher.submit(q)
+
+        first = await asyncio.gather(*(arriving(i, q) for i, q in enumerate(queries[3:9])))
+        n_first = len(sizes)
+        t = time.perf_counter()
+        second = await asyncio.gather(*(arriving(i, q) for i, q in enumerate(queries[9:15])))
+        return lone + first + second, lone_s, time.perf_counter() - t, n_first
+
+    vectors, lone_s, burst_s, n_first = asyncio.run(run())
+    assert sizes[:3] == [1, 1, 1] and lone_s < 0.25, f"a lone stream waited: {lone_s:.3f} s for 3 queries"
+    assert sizes[n_first:] == [6], f"the second burst did not share one pass: {sizes}"
+    assert burst_s < 0.4, f"the burst waited for the window's end ({burst_s:.3f} s)"
+    assert np.allclose(np.stack(vectors), alone, atol=1e-5)
+
+
 def test_a_failed_embedding_reaches_every_waiting_request():
     import asyncio
 
@@ -249,7 +291,7 @@ def test_batched_vector_searches_equal_searching_one_by_one(tmp_path):
     import asyncio
 
     from bentos.retrieval.retriever import Retriever
-    from bentos.retrieval.search import _vector, vector_searches
+    from bentos.retrieval.search import SearchConfig, nearest, vector_searches
     from bentos.settings import RetrievalSettings
 
     docs = [
@@ -260,9 +302,9 @@ def test_batched_vector_searches_equal_searching_one_by_one(tmp_path):
     table = IndexReader(tmp_path / "db", refresh_s=0).current()
     queries = ["red shelf", "item number 35", "glass", "oak shelf holds", "steel note"]
     vectors = get_embedder().embed(queries)
-    together = vector_searches([(table, v, 4) for v in vectors] + [(table, vectors[0], 2)])
+    together = vector_searches([(table, v, 4) for v in vectors] + [(table, vectors[0], 2)], SearchConfig())
     for v, found in zip([*vectors, vectors[0]], together):
-        alone = _vector(table, v, found.num_rows)
+        alone = nearest(table, v, found.num_rows, SearchConfig())
         assert found.num_rows in (4, 2) and found.column("chunk_id").to_pylist() == alone.column("chunk_id").to_pylist()
 
     retriever = Retriever(RetrievalSettings(db=str(tmp_path / "db")))
@@ -272,3 +314,29 @@ def test_batched_vector_searches_equal_searching_one_by_one(tmp_path):
 
     for q, got in zip(queries, asyncio.run(run())):
         assert [h.chunk_id for h in got.hits] == [h.chunk_id for h in retriever.retrieve(q, 3).hits]
+
+
+def test_past_ann_min_rows_the_vectors_get_an_ivf_sq_index_that_finds_the_exact_top(tmp_path):
+    """The ANN index as configured (IVF_SQ, partitions by rows, probes and re-ranking by
+    setting) is built once the table is big enough, and finds what exact search finds."""
+    import numpy as np
+
+    from bentos.retrieval.index import AnnIndex
+    from bentos.retrieval.search import SearchConfig, nearest
+
+    words = ["red", "blue", "green", "oak", "steel", "glass", "paper", "stone", "wool", "clay"]
+    docs = [
+        Document(f"d{i}", f"d{i}", f"Note {i}: the {words[i % 10]} shelf in room {i // 10} holds {words[i // 40]} item {i * 7}.", "")
+        for i in range(400)
+    ]
+    IndexStore(tmp_path / "db").reindex(docs, get_embedder(), ann=AnnIndex(min_rows=300, rows_per_partition=100))
+    table = IndexReader(tmp_path / "db", refresh_s=0).current()
+    [vector_index] = [i for i in table.list_indices() if i.columns == ["vector"]]
+    assert vector_index.index_type == "IvfSq", vector_index
+    queries = get_embedder().embed(["red shelf in room 3", "glass item 70", "stone holds wool", "paper shelf room 9"])
+    rows = table.to_arrow()
+    ids, vectors = rows.column("chunk_id").to_pylist(), np.stack(rows.column("vector").to_numpy(zero_copy_only=False))
+    for q in queries:
+        exact = {ids[i] for i in np.argsort(-(vectors @ q))[:10]}
+        found = set(nearest(table, q, 10, SearchConfig()).column("chunk_id").to_pylist())
+        assert len(found & exact) >= 9, (found, exact)

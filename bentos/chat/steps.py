@@ -143,7 +143,8 @@ class EmbedQuery:
 
     async def __call__(self, turn: Turn) -> None:
         turn.vector, embed_ms = await self.retriever.embed_query(turn.query)
-        turn.search = asyncio.ensure_future(self.retriever.search(turn.query, self.k, turn.vector, embed_ms))
+        asked = time.perf_counter()
+        turn.search = asyncio.ensure_future(self.retriever.search(turn.query, self.k, turn.vector, embed_ms, asked))
         turn.search.add_done_callback(lambda f: f.cancelled() or f.exception())  # read even when discarded
 
 
@@ -174,6 +175,8 @@ class Retrieve:
         log_retrieval(turn.request_id, found)
         if found.version is not None:  # the search itself, which ran beside the input rails
             CHAT_STEPS.labels("search").observe(found.search_ms / 1000)
+            for part, ms in found.parts_ms.items():
+                CHAT_STEPS.labels(part).observe(ms / 1000)
         turn.index_version, turn.hits = found.version, found.relevant
 
 

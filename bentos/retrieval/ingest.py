@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bentos.retrieval.documents import read_documents
 from bentos.retrieval.embedder import Embedder, embedder_for
-from bentos.retrieval.index import ChunkingConfig, IndexStore, ReindexSummary
+from bentos.retrieval.index import AnnIndex, ChunkingConfig, IndexStore, ReindexSummary
 from bentos.settings import RetrievalSettings
 
 Step = Callable[[str, int, int], None]
@@ -44,7 +44,7 @@ def reindex_source(
     docs, skipped = read_documents(source, skip_unreadable)
     store = IndexStore.for_settings(settings)
     embedder = embedder or embedder_for(settings)
-    summary = store.reindex(docs, embedder, ChunkingConfig.from_settings(settings), settings.ann_min_rows, on_step)
+    summary = store.reindex(docs, embedder, ChunkingConfig.from_settings(settings), AnnIndex.from_settings(settings), on_step)
     return summary, skipped
 
 

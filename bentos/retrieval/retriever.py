@@ -31,6 +31,9 @@ class Retrieval:
     embed_ms: float
     search_ms: float
     relevant: list[Hit] = field(default_factory=list)
+    # Within a server's search: until it started (event loop, index refresh), then until each side
+    # had its candidates (waits for a batch or a search thread included), ms.
+    parts_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Retriever:
@@ -40,10 +43,10 @@ class Retriever:
         # Concurrent requests share a forward pass and a vector query. On this CPU 32 queries
         # embed in 179 ms together against 603 ms one by one, and their vector searches take
         # 6.5 ms as one LanceDB query against 104-120 ms.
-        self.queries = Batcher(self.embedder.embed)
-        self.vector_searches = Batcher(vector_searches)
+        self.queries = Batcher(self.embedder.embed, window_s=settings.embed_window_ms / 1000)
+        self.vector_searches = Batcher(lambda items: vector_searches(items, self.cfg))
         self.reader = IndexReader(settings.db, refresh_s=settings.index_refresh_s, storage_options=settings.db_storage_options)
-        self.cfg = SearchConfig(candidates=settings.search_candidates, fts_weight=settings.fts_weight)
+        self.cfg = SearchConfig.from_settings(settings)
 
     def is_relevant(self, hit: Hit) -> bool:
         """A chunk counts when it shares words with the query or is close in meaning; below both,
@@ -59,9 +62,11 @@ class Retriever:
         vector = await self.queries.submit(query)
         return vector, (time.perf_counter() - t0) * 1000
 
-    async def search(self, query: str, k: int, vector: np.ndarray, embed_ms: float = 0.0) -> Retrieval:
+    async def search(self, query: str, k: int, vector: np.ndarray, embed_ms: float = 0.0, asked: float | None = None) -> Retrieval:
         """What ``retrieve`` finds, for a server: the vector search batched with other requests',
-        the full-text search beside it, both off the event loop."""
+        the full-text search beside it, both off the event loop. ``asked``: when the caller
+        started it (time.perf_counter), to tell the wait for the event loop apart."""
+        started = time.perf_counter()
         # Storage is read once per refresh_s, off the loop; otherwise the snapshot is in memory
         # and need not queue behind other requests' searches on the pool.
         table, version = await in_pool(self.reader.snapshot) if self.reader.due() else self.reader.snapshot()
@@ -69,9 +74,18 @@ class Retriever:
             return Retrieval([], None, 0.0, 0.0)
         t0 = time.perf_counter()
         n = candidates(k, self.cfg)
-        vec, fts = await asyncio.gather(self.vector_searches.submit((table, vector, n)), in_pool(fulltext, table, query, n))
+
+        async def timed(work):
+            result = await work
+            return result, (time.perf_counter() - t0) * 1000
+
+        (vec, vec_ms), (fts, fts_ms) = await asyncio.gather(
+            timed(self.vector_searches.submit((table, vector, n))), timed(in_pool(fulltext, table, query, n))
+        )
         hits = fuse(vec, fts, k, self.cfg)
-        return self._found(hits, version, embed_ms, (time.perf_counter() - t0) * 1000)
+        found = self._found(hits, version, embed_ms, (time.perf_counter() - t0) * 1000)
+        found.parts_ms = {"search_start": (t0 - (asked or started)) * 1000, "vector_search": vec_ms, "fulltext_search": fts_ms}
+        return found
 
     def retrieve(self, query: str, k: int) -> Retrieval:
         """Embed and search one query, for callers without an event loop (the CLI, evaluation)."""

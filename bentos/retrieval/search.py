@@ -42,6 +42,14 @@ class Hit:
 class SearchConfig:
     candidates: int = 100  # taken from each side before fusing
     fts_weight: float = 0.75
+    # With an ANN index only: IVF partitions searched, and how many times the limit is re-ranked
+    # on the full vectors (SQ's 8-bit distances misorder close neighbours).
+    nprobes: int = 50
+    refine_factor: int | None = 4
+
+    @classmethod
+    def from_settings(cls, s) -> SearchConfig:
+        return cls(s.search_candidates, s.fts_weight, s.ann_nprobes, s.ann_refine_factor)
 
 
 def fts_terms(query: str) -> str:
@@ -65,9 +73,12 @@ def candidates(k: int, cfg: SearchConfig) -> int:
     return max(k, cfg.candidates)
 
 
-def _vector(table, vector: np.ndarray | list[np.ndarray], n: int) -> pa.Table:
+def nearest(table, vector: np.ndarray | list[np.ndarray], n: int, cfg: SearchConfig) -> pa.Table:
     """The nearest ``n``; for a list of vectors, the nearest ``n`` to each, told apart by ``query_index``."""
-    return table.search(vector, vector_column_name="vector").distance_type("cosine").select([*COLUMNS, "_distance"]).limit(n).to_arrow()
+    query = table.search(vector, vector_column_name="vector").distance_type("cosine").nprobes(cfg.nprobes)
+    if cfg.refine_factor:
+        query = query.refine_factor(cfg.refine_factor)
+    return query.select([*COLUMNS, "_distance"]).limit(n).to_arrow()
 
 
 def fulltext(table, query: str, n: int) -> pa.Table | None:
@@ -77,7 +88,7 @@ def fulltext(table, query: str, n: int) -> pa.Table | None:
     return table.search(terms, query_type="fts", fts_columns="search_text").select([*COLUMNS, "_score"]).limit(n).to_arrow()
 
 
-def vector_searches(items: list[tuple[object, np.ndarray, int]]) -> list[pa.Table]:
+def vector_searches(items: list[tuple[object, np.ndarray, int]], cfg: SearchConfig) -> list[pa.Table]:
     """The nearest ``n`` chunks to each (table, vector, n), with one LanceDB query per table and
     ``n``: a query's fixed cost dominates on a small index."""
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -87,9 +98,9 @@ def vector_searches(items: list[tuple[object, np.ndarray, int]]) -> list[pa.Tabl
     for (_, n), members in groups.items():
         table = items[members[0]][0]
         if len(members) == 1:
-            results[members[0]] = _vector(table, items[members[0]][1], n)
+            results[members[0]] = nearest(table, items[members[0]][1], n, cfg)
             continue
-        found = _vector(table, [items[i][1] for i in members], n)
+        found = nearest(table, [items[i][1] for i in members], n, cfg)
         which = found.column("query_index")
         for j, i in enumerate(members):
             results[i] = found.filter(pc.equal(which, j)).drop_columns(["query_index"])
@@ -99,7 +110,7 @@ def vector_searches(items: list[tuple[object, np.ndarray, int]]) -> list[pa.Tabl
 def hybrid_search(table, vector: np.ndarray, query: str, k: int, cfg: SearchConfig = SearchConfig()) -> list[Hit]:
     """One query's search, for callers without an event loop (the CLI, evaluation)."""
     n = candidates(k, cfg)
-    vec_job = _POOL.submit(_vector, table, vector, n)
+    vec_job = _POOL.submit(nearest, table, vector, n, cfg)
     fts_job = _POOL.submit(fulltext, table, query, n)
     return fuse(vec_job.result(), fts_job.result(), k, cfg)
 

@@ -687,12 +687,50 @@ def bench_index_cmd(squad: Path, copies: int, s3_uri: str | None) -> None:
 @SQUAD_OPTION
 @click.option("--sizes", type=IntList(), default="10000,100000", show_default=True, help="Comma-separated index sizes in chunks.")
 @click.option("--queries", default=300, show_default=True, help="Queries per size.")
-def bench_retrieve_cmd(squad: Path, sizes: list[int], queries: int) -> None:
-    """/v1/retrieve latency (p50/p95) at each index size, with query embedding reported apart."""
+@click.option("--nprobes", type=IntList(), help="Comma-separated ANN nprobes to measure (default: RAGSERVE_ANN_NPROBES).")
+@click.option("--refine", type=IntList(), help="Comma-separated ANN refine factors to measure (default: RAGSERVE_ANN_REFINE_FACTOR).")
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON here.")
+def bench_retrieve_cmd(
+    squad: Path, sizes: list[int], queries: int, nprobes: list[int] | None, refine: list[int] | None, json_out: str | None
+) -> None:
+    """At each index size (synthetic chunks from real embedded sentences): write and index build
+    time, disk, memory; the vector search's p50/p95 and recall@10 against exact search for each ANN
+    setting; and /v1/retrieve's search p50/p95 over real HTTP with the configured one.
+
+    e.g. ragserve bench retrieve --sizes 10000,100000,1000000 --nprobes 20,50,100 --refine 1,4
+    """
+    import json
+
     from bentos.tools.bench_retrieval import bench_retrieve
 
-    for rows, figures in bench_retrieve(load_settings(), squad, sizes, queries).items():
-        click.echo(f"{rows} chunks: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    figures = bench_retrieve(load_settings(), squad, sizes, queries, nprobes, refine)
+    for rows, row in figures.items():
+        click.echo(f"{rows} chunks: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "vector_search"))
+        for setting in row["vector_search"]:
+            click.echo("    vector search " + ", ".join(f"{k} {v}" for k, v in setting.items()))
+    if json_out:
+        Path(json_out).write_text(json.dumps(figures, indent=2))
+
+
+@bench.command("embed")
+@SQUAD_OPTION
+@click.option("--streams", type=IntList(), default="1,8,32", show_default=True, help="Comma-separated numbers of concurrent streams.")
+@click.option("--windows", default="0,2,5,10", show_default=True, help="Comma-separated batching windows to compare, in ms.")
+@click.option("--rounds", default=20, show_default=True, type=click.IntRange(min=2), help="Queries per stream.")
+@click.option("--rest-ms", default=200.0, show_default=True, type=click.FloatRange(min=0), help="Each stream's time between queries.")
+def bench_embed_cmd(squad: Path, streams: list[int], windows: str, rounds: int, rest_ms: float) -> None:
+    """Query embedding as the gateway batches it: one query alone and eight in one batch, per
+    backend (torch, ONNX Runtime); then each batching window at each number of streams, with the
+    mean and p95 time a query waits for its vector and how many queries shared a call."""
+    import json
+
+    from bentos.tools.bench_retrieval import bench_embed
+
+    try:
+        windows_ms = [float(w) for w in windows.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{windows!r}: give milliseconds separated by commas, e.g. 0,2,5", param_hint="--windows") from None
+    click.echo(json.dumps(bench_embed(load_settings(), squad, streams, windows_ms, rounds, rest_ms), indent=2))
 
 
 # Commands other packages add to `ragserve`: `router` and `promote` from infra/, through the
