@@ -47,10 +47,12 @@ def bench_index(settings: Settings, squad: Path, copies: int, s3_uri: str | None
     embedder.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
     plain_s = time.perf_counter() - t0
 
+    ann = AnnIndex.from_settings(settings.retrieval)
+
     def reindex_twice(store: IndexStore) -> tuple[float, float]:
         """Seconds of a re-index from scratch, then of one with nothing changed."""
-        full = store.reindex(docs, embedder, chunking, AnnIndex.from_settings(settings.retrieval))
-        same = store.reindex(docs, embedder, chunking, AnnIndex.from_settings(settings.retrieval))
+        full = store.reindex(docs, embedder, chunking, ann)
+        same = store.reindex(docs, embedder, chunking, ann)
         if same.changed:
             raise RuntimeError(f"a re-index of unchanged documents changed the index at {store.location}")
         return full.seconds, same.seconds
